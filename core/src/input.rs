@@ -1,0 +1,86 @@
+//! Every input as one serialisable enum, for recording and replaying runs.
+//!
+//! The typed methods on [`Machine`](crate::Machine) are what drivers call; this enum
+//! is the same set of inputs as data. [`Machine::handle`](crate::Machine::handle)
+//! applies one, so a run recorded as `(Time, Input)` pairs (a postcard trace) replays
+//! exactly.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    Failure, FlightId, Item, Key, Prepared, Readiness, RequestError, RequestId, StaleFlight,
+    SubmitError, Submission,
+};
+
+/// One input to the machine.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Input {
+    /// A client submits a request.
+    Submit {
+        /// The coalescing/cache key.
+        key: Key,
+    },
+    /// A client attaches to a request's result stream.
+    Attach {
+        /// The request.
+        request: RequestId,
+    },
+    /// The attached client reads what is available.
+    Read {
+        /// The request.
+        request: RequestId,
+    },
+    /// A client cancels a request by id.
+    Cancel {
+        /// The request.
+        request: RequestId,
+    },
+    /// The attached client dropped its stream.
+    Detach {
+        /// The request.
+        request: RequestId,
+    },
+    /// A preparation finished.
+    Prepared {
+        /// The flight.
+        flight: FlightId,
+        /// What it reported.
+        result: Result<Prepared, Failure>,
+    },
+    /// The upstream produced a chunk.
+    Chunk {
+        /// The flight.
+        flight: FlightId,
+        /// The data.
+        data: Bytes,
+    },
+    /// The upstream ended.
+    UpstreamEnded {
+        /// The flight.
+        flight: FlightId,
+        /// How it ended.
+        result: Result<(), Failure>,
+    },
+    /// The driver's timer fired.
+    Timeout,
+    /// Stop admission and end every request.
+    Shutdown,
+}
+
+/// What [`Machine::handle`](crate::Machine::handle) returns for an [`Input`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Reply {
+    /// For [`Input::Submit`].
+    Submit(Result<Submission, SubmitError>),
+    /// For [`Input::Attach`], [`Input::Cancel`] and [`Input::Detach`].
+    Request(Result<(), RequestError>),
+    /// For [`Input::Read`]: the readiness and the items read.
+    Read(Result<Readiness, RequestError>, Vec<Item>),
+    /// For [`Input::Prepared`], [`Input::Chunk`] and [`Input::UpstreamEnded`].
+    Flight(Result<(), StaleFlight>),
+    /// For [`Input::Timeout`] and [`Input::Shutdown`].
+    Done,
+}

@@ -1,0 +1,71 @@
+//! What a caller can observe about one request.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{FlightId, Outcome, RequestId};
+
+/// How a submitted request was placed (rule 2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Route {
+    /// No live flight and no cached result: a new flight was created and queued.
+    NewFlight(FlightId),
+    /// A live flight for the key existed; the request joined it.
+    Joined(FlightId),
+    /// The cache held a completed result; the request is already done.
+    Cached,
+}
+
+/// The answer to an accepted submit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Submission {
+    /// The new request's id.
+    pub request: RequestId,
+    /// Where it went.
+    pub route: Route,
+}
+
+/// What a read found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Readiness {
+    /// Items were appended to the output.
+    Ready,
+    /// Nothing to read yet; the reader will get an [`Action::Wake`](crate::Action::Wake)
+    /// when there is.
+    Pending,
+    /// The terminal item was already read; nothing will ever follow.
+    Closed,
+}
+
+/// A request's state. A member's state follows its flight's phase until the
+/// request ends.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum RequestState {
+    /// Its flight waits in the admission queue.
+    Queued,
+    /// Its flight is being prepared.
+    Preparing,
+    /// Its flight is prepared and waits for a stream slot (or for a client).
+    WaitingForStream,
+    /// Its flight's upstream is streaming.
+    Streaming,
+    /// It was cancelled.
+    Cancelled,
+    /// It ended otherwise; never carries [`Outcome::Cancelled`].
+    Done(Outcome),
+}
+
+/// A snapshot of one request.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RequestStatus {
+    /// Its state.
+    pub state: RequestState,
+    /// Its flight's place in the admission queue (0 = next), while queued.
+    pub queue_position: Option<usize>,
+    /// The flight it belongs to, while live.
+    pub flight: Option<FlightId>,
+    /// Whether a client is attached.
+    pub attached: bool,
+}

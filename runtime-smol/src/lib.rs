@@ -1,0 +1,1 @@
+//! flightdeck on smol: placeholder until the adapter issue fills it.

@@ -1,0 +1,1 @@
+//! flightdeck on tokio: placeholder until the adapter issue fills it.

@@ -1,0 +1,1 @@
+//! The flightdeck verification harness.
