@@ -1,0 +1,1 @@
+//! (world: to be written.)
