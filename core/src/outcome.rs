@@ -70,8 +70,9 @@ impl core::fmt::Display for Failure {
 }
 
 /// How a request ended. A reader gets exactly one, as its last item (rule 19).
+///
+/// Exhaustive by contract: these four are the only ways a request can end.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[non_exhaustive]
 pub enum Outcome {
     /// The upstream finished (or the cache served the result).
     Completed,
@@ -95,8 +96,9 @@ impl core::fmt::Display for Outcome {
 }
 
 /// One item of a request's result stream: chunks, then exactly one end.
+///
+/// Exhaustive by contract (rule 19): a stream is chunks followed by one end.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[non_exhaustive]
 pub enum Item {
     /// A chunk of the upstream's output. Cloning it does not copy the data.
     Chunk(Bytes),
