@@ -61,7 +61,11 @@ impl Cache {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        let mut entry = Entry { log, seq, expires: None };
+        let mut entry = Entry {
+            log,
+            seq,
+            expires: None,
+        };
         deadlines.arm(&mut entry.expires, expires, Timer::Cache(seq));
         self.by_age.insert(seq, key.clone());
         self.entries.insert(key, entry);

@@ -106,7 +106,10 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let limits = [
             ("queue_capacity", self.queue_capacity as u64),
-            ("max_concurrent_requests", self.max_concurrent_requests as u64),
+            (
+                "max_concurrent_requests",
+                self.max_concurrent_requests as u64,
+            ),
             ("max_concurrent_streams", self.max_concurrent_streams as u64),
             ("max_response_bytes", self.max_response_bytes),
         ];
@@ -143,14 +146,34 @@ mod tests {
     #[test]
     fn rule22_zero_limits_and_timeouts_are_errors() {
         assert_eq!(Config::default().validate(), Ok(()));
-        let c = Config { max_concurrent_streams: 0, ..Config::default() };
+        let c = Config {
+            max_concurrent_streams: 0,
+            ..Config::default()
+        };
         assert_eq!(
             c.validate(),
-            Err(ConfigError::ZeroLimit { field: "max_concurrent_streams" })
+            Err(ConfigError::ZeroLimit {
+                field: "max_concurrent_streams"
+            })
         );
-        let c = Config { idle_timeout: Duration::ZERO, ..Config::default() };
-        assert_eq!(c.validate(), Err(ConfigError::ZeroTimeout { field: "idle_timeout" }));
-        let c = Config { cache_capacity: 0, ..Config::default() };
-        assert_eq!(c.validate(), Ok(()), "a zero cache capacity disables the cache");
+        let c = Config {
+            idle_timeout: Duration::ZERO,
+            ..Config::default()
+        };
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::ZeroTimeout {
+                field: "idle_timeout"
+            })
+        );
+        let c = Config {
+            cache_capacity: 0,
+            ..Config::default()
+        };
+        assert_eq!(
+            c.validate(),
+            Ok(()),
+            "a zero cache capacity disables the cache"
+        );
     }
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     Failure, FlightId, Item, Key, Prepared, Readiness, RequestError, RequestId, StaleFlight,
-    SubmitError, Submission,
+    Submission, SubmitError,
 };
 
 /// One input to the machine.

@@ -24,7 +24,7 @@ use crate::request::{Life, Reader, Request};
 use crate::{
     Action, Config, ConfigError, Failure, FlightId, Input, Item, Key, Outcome, Phase, Prepared,
     Readiness, Reply, RequestError, RequestId, RequestState, RequestStatus, Route, StaleFlight,
-    Stats, SubmitError, Submission, Time, Totals, Work,
+    Stats, Submission, SubmitError, Time, Totals, Work,
 };
 
 /// The flightdeck state machine. See the [crate docs](crate) for the driving loop.
@@ -140,9 +140,10 @@ impl Machine {
             Some(_) => None,
             None => self.cache.get(&key).cloned(),
         };
-        if joining.is_none() && cached.is_none() && self.queue.len() >= self.config.queue_capacity
-        {
-            return Err(SubmitError::QueueFull { capacity: self.config.queue_capacity });
+        if joining.is_none() && cached.is_none() && self.queue.len() >= self.config.queue_capacity {
+            return Err(SubmitError::QueueFull {
+                capacity: self.config.queue_capacity,
+            });
         }
         let now = self.advance(now);
         let id = RequestId::from_raw(self.next_request);
@@ -159,12 +160,16 @@ impl Machine {
                 self.totals.completed += 1;
                 let mut request = Request {
                     key,
-                    life: Life::Ended { outcome: Outcome::Completed, log: Some(log) },
+                    life: Life::Ended {
+                        outcome: Outcome::Completed,
+                        log: Some(log),
+                    },
                     reader: None,
                     deadline: None,
                 };
                 let until = now + self.config.finished_retention;
-                self.deadlines.arm(&mut request.deadline, until, Timer::Request(id));
+                self.deadlines
+                    .arm(&mut request.deadline, until, Timer::Request(id));
                 self.requests.insert(id, request);
                 Route::Cached
             }
@@ -174,7 +179,8 @@ impl Machine {
                 self.totals.flights += 1;
                 let mut f = Flight::new(key.clone());
                 let until = now + self.config.queue_timeout;
-                self.deadlines.arm(&mut f.deadline, until, Timer::Flight(flight));
+                self.deadlines
+                    .arm(&mut f.deadline, until, Timer::Flight(flight));
                 self.flights.insert(flight, f);
                 self.live.insert(key.clone(), flight);
                 self.queue.insert(flight);
@@ -190,9 +196,15 @@ impl Machine {
         if let Some(f) = self.flights.get_mut(&flight) {
             f.members.insert(id);
         }
-        let mut request = Request { key, life: Life::Live(flight), reader: None, deadline: None };
+        let mut request = Request {
+            key,
+            life: Life::Live(flight),
+            reader: None,
+            deadline: None,
+        };
         let until = now + self.config.attach_timeout;
-        self.deadlines.arm(&mut request.deadline, until, Timer::Request(id));
+        self.deadlines
+            .arm(&mut request.deadline, until, Timer::Request(id));
         self.requests.insert(id, request);
         self.live_requests += 1;
     }
@@ -213,8 +225,13 @@ impl Machine {
         let Some(req) = self.requests.get_mut(&request) else {
             return Err(RequestError::NotFound);
         };
-        self.deadlines.disarm(&mut req.deadline, Timer::Request(request));
-        req.reader = Some(Reader { cursor: 0, parked: false, finished: false });
+        self.deadlines
+            .disarm(&mut req.deadline, Timer::Request(request));
+        req.reader = Some(Reader {
+            cursor: 0,
+            parked: false,
+            finished: false,
+        });
         self.readers += 1;
         if let Life::Live(fid) = req.life {
             if let Some(flight) = self.flights.get_mut(&fid) {
@@ -244,7 +261,10 @@ impl Machine {
         request: RequestId,
         out: &mut Vec<Item>,
     ) -> Result<Readiness, RequestError> {
-        let req = self.requests.get_mut(&request).ok_or(RequestError::NotFound)?;
+        let req = self
+            .requests
+            .get_mut(&request)
+            .ok_or(RequestError::NotFound)?;
         let reader = req.reader.as_mut().ok_or(RequestError::NotAttached)?;
         match &req.life {
             Life::Live(fid) => {
@@ -295,7 +315,10 @@ impl Machine {
     pub fn cancel(&mut self, now: Time, request: RequestId) -> Result<(), RequestError> {
         match self.requests.get(&request).map(|r| &r.life) {
             None => return Err(RequestError::NotFound),
-            Some(Life::Ended { outcome: Outcome::Cancelled, .. }) => return Ok(()),
+            Some(Life::Ended {
+                outcome: Outcome::Cancelled,
+                ..
+            }) => return Ok(()),
             Some(Life::Ended { outcome, .. }) => {
                 return Err(RequestError::AlreadyFinished(outcome.clone()))
             }
@@ -320,12 +343,17 @@ impl Machine {
             Some(_) => {}
         }
         let now = self.advance(now);
-        if let Some(reader) = self.requests.get_mut(&request).and_then(|r| r.reader.as_mut()) {
+        if let Some(reader) = self
+            .requests
+            .get_mut(&request)
+            .and_then(|r| r.reader.as_mut())
+        {
             reader.parked = false; // nobody to wake any more
         }
         self.end_member(now, request, Outcome::Cancelled);
         if let Some(mut req) = self.requests.remove(&request) {
-            self.deadlines.disarm(&mut req.deadline, Timer::Request(request));
+            self.deadlines
+                .disarm(&mut req.deadline, Timer::Request(request));
             self.readers -= 1;
         }
         self.pump(now);
@@ -355,8 +383,12 @@ impl Machine {
                 self.next_ready_seq += 1;
                 let until = now + self.config.stream_slot_timeout;
                 if let Some(f) = self.flights.get_mut(&flight) {
-                    f.phase = FlightPhase::Prepared { cacheable: prepared.cacheable, seq };
-                    self.deadlines.arm(&mut f.deadline, until, Timer::Flight(flight));
+                    f.phase = FlightPhase::Prepared {
+                        cacheable: prepared.cacheable,
+                        seq,
+                    };
+                    self.deadlines
+                        .arm(&mut f.deadline, until, Timer::Flight(flight));
                     if f.attached > 0 {
                         self.ready.insert((seq, flight));
                     }
@@ -398,10 +430,16 @@ impl Machine {
         f.bytes += size;
         f.log.push(data);
         if let FlightPhase::Streaming { ends_by, .. } = f.phase {
-            self.deadlines.arm(&mut f.deadline, ends_by.min(now + idle), Timer::Flight(flight));
+            self.deadlines.arm(
+                &mut f.deadline,
+                ends_by.min(now + idle),
+                Timer::Flight(flight),
+            );
         }
         for id in f.parked.drain(..) {
-            let Some(req) = self.requests.get_mut(&id) else { continue };
+            let Some(req) = self.requests.get_mut(&id) else {
+                continue;
+            };
             if req.life != Life::Live(flight) {
                 continue;
             }
@@ -473,7 +511,9 @@ impl Machine {
     }
 
     fn flight_expired(&mut self, now: Time, flight: FlightId) {
-        let Some(f) = self.flights.get_mut(&flight) else { return };
+        let Some(f) = self.flights.get_mut(&flight) else {
+            return;
+        };
         f.deadline = None; // popped already
         let (phase, abort) = match f.phase {
             FlightPhase::Queued => (Phase::Queue, false),
@@ -486,7 +526,9 @@ impl Machine {
     }
 
     fn request_expired(&mut self, now: Time, request: RequestId) {
-        let Some(req) = self.requests.get_mut(&request) else { return };
+        let Some(req) = self.requests.get_mut(&request) else {
+            return;
+        };
         req.deadline = None; // popped already
         match req.life {
             Life::Live(_) => self.end_member(now, request, Outcome::TimedOut(Phase::Attach)),
@@ -571,14 +613,24 @@ impl Machine {
                     FlightPhase::Prepared { .. } => (RequestState::WaitingForStream, None),
                     FlightPhase::Streaming { .. } => (RequestState::Streaming, None),
                 };
-                RequestStatus { state, queue_position, flight: Some(*fid), attached }
+                RequestStatus {
+                    state,
+                    queue_position,
+                    flight: Some(*fid),
+                    attached,
+                }
             }
             Life::Ended { outcome, .. } => {
                 let state = match outcome {
                     Outcome::Cancelled => RequestState::Cancelled,
                     other => RequestState::Done(other.clone()),
                 };
-                RequestStatus { state, queue_position: None, flight: None, attached }
+                RequestStatus {
+                    state,
+                    queue_position: None,
+                    flight: None,
+                    attached,
+                }
             }
         })
     }
@@ -641,23 +693,38 @@ impl Machine {
     /// attached prepared flights to stream slots, both FIFO (rules 4-6).
     fn pump(&mut self, now: Time) {
         while self.preparing < self.config.max_concurrent_requests {
-            let Some(fid) = self.queue.pop_first() else { break };
-            let Some(f) = self.flights.get_mut(&fid) else { continue };
+            let Some(fid) = self.queue.pop_first() else {
+                break;
+            };
+            let Some(f) = self.flights.get_mut(&fid) else {
+                continue;
+            };
             f.phase = FlightPhase::Preparing;
             let until = now + self.config.preparation_timeout;
-            self.deadlines.arm(&mut f.deadline, until, Timer::Flight(fid));
+            self.deadlines
+                .arm(&mut f.deadline, until, Timer::Flight(fid));
             self.preparing += 1;
             self.totals.preparations_started += 1;
-            self.actions.push_back(Action::StartPreparation { flight: fid, key: f.key.clone() });
+            self.actions.push_back(Action::StartPreparation {
+                flight: fid,
+                key: f.key.clone(),
+            });
         }
         while self.streaming < self.config.max_concurrent_streams {
-            let Some((_, fid)) = self.ready.pop_first() else { break };
-            let Some(f) = self.flights.get_mut(&fid) else { continue };
-            let FlightPhase::Prepared { cacheable, .. } = f.phase else { continue };
+            let Some((_, fid)) = self.ready.pop_first() else {
+                break;
+            };
+            let Some(f) = self.flights.get_mut(&fid) else {
+                continue;
+            };
+            let FlightPhase::Prepared { cacheable, .. } = f.phase else {
+                continue;
+            };
             let ends_by = now + self.config.stream_timeout;
             f.phase = FlightPhase::Streaming { cacheable, ends_by };
             let until = ends_by.min(now + self.config.idle_timeout);
-            self.deadlines.arm(&mut f.deadline, until, Timer::Flight(fid));
+            self.deadlines
+                .arm(&mut f.deadline, until, Timer::Flight(fid));
             self.streaming += 1;
             self.totals.streams_started += 1;
             self.actions.push_back(Action::StartStream { flight: fid });
@@ -667,11 +734,15 @@ impl Machine {
     /// One live member leaves its flight with `outcome` (cancel, detach, attach
     /// timeout). If it was the last member, the flight ends now (rules 10-12).
     fn end_member(&mut self, now: Time, request: RequestId, outcome: Outcome) {
-        let Some(req) = self.requests.get(&request) else { return };
+        let Some(req) = self.requests.get(&request) else {
+            return;
+        };
         let Life::Live(fid) = req.life else { return };
         let attached = req.reader.is_some();
         self.finish(now, request, outcome, None);
-        let Some(f) = self.flights.get_mut(&fid) else { return };
+        let Some(f) = self.flights.get_mut(&fid) else {
+            return;
+        };
         f.members.remove(&request);
         if attached {
             f.attached -= 1;
@@ -691,11 +762,14 @@ impl Machine {
     /// ends every member with `outcome`, caches a completed cacheable log, and
     /// emits [`Action::FlightEnded`]. The caller pumps afterwards.
     fn end_flight(&mut self, now: Time, flight: FlightId, outcome: &Outcome, abort: bool) {
-        let Some(mut f) = self.flights.remove(&flight) else { return };
+        let Some(mut f) = self.flights.remove(&flight) else {
+            return;
+        };
         if self.live.get(&f.key) == Some(&flight) {
             self.live.remove(&f.key);
         }
-        self.deadlines.disarm(&mut f.deadline, Timer::Flight(flight));
+        self.deadlines
+            .disarm(&mut f.deadline, Timer::Flight(flight));
         let mut cacheable = false;
         match f.phase {
             FlightPhase::Queued => {
@@ -704,7 +778,10 @@ impl Machine {
             FlightPhase::Preparing => {
                 self.preparing -= 1;
                 if abort {
-                    self.actions.push_back(Action::Abort { flight, work: Work::Preparation });
+                    self.actions.push_back(Action::Abort {
+                        flight,
+                        work: Work::Preparation,
+                    });
                 }
             }
             FlightPhase::Prepared { seq, .. } => {
@@ -714,7 +791,10 @@ impl Machine {
                 self.streaming -= 1;
                 cacheable = c;
                 if abort {
-                    self.actions.push_back(Action::Abort { flight, work: Work::Stream });
+                    self.actions.push_back(Action::Abort {
+                        flight,
+                        work: Work::Stream,
+                    });
                 }
             }
         }
@@ -722,7 +802,13 @@ impl Machine {
         if *outcome == Outcome::Completed && cacheable {
             let until = now + self.config.cache_ttl;
             let capacity = self.config.cache_capacity;
-            self.cache.insert(&mut self.deadlines, capacity, f.key.clone(), log.clone(), until);
+            self.cache.insert(
+                &mut self.deadlines,
+                capacity,
+                f.key.clone(),
+                log.clone(),
+                until,
+            );
         }
         for member in &f.members {
             self.finish(now, *member, outcome.clone(), Some(log.clone()));
@@ -733,7 +819,9 @@ impl Machine {
     /// Marks a live request ended. An attached client is woken if it waits; an
     /// unattached record starts its retention so a late client can still read it.
     fn finish(&mut self, now: Time, request: RequestId, outcome: Outcome, log: Option<Log>) {
-        let Some(req) = self.requests.get_mut(&request) else { return };
+        let Some(req) = self.requests.get_mut(&request) else {
+            return;
+        };
         if !matches!(req.life, Life::Live(_)) {
             return;
         }
@@ -744,7 +832,8 @@ impl Machine {
             Outcome::TimedOut(_) => self.totals.timed_out += 1,
         }
         self.live_requests -= 1;
-        self.deadlines.disarm(&mut req.deadline, Timer::Request(request));
+        self.deadlines
+            .disarm(&mut req.deadline, Timer::Request(request));
         let retention = if outcome == Outcome::Cancelled {
             self.config.cancelled_retention
         } else {
@@ -759,7 +848,8 @@ impl Machine {
                 }
             }
             None => {
-                self.deadlines.arm(&mut req.deadline, now + retention, Timer::Request(request));
+                self.deadlines
+                    .arm(&mut req.deadline, now + retention, Timer::Request(request));
             }
         }
     }
@@ -777,11 +867,17 @@ impl Machine {
         let mut ready = 0;
         for (fid, f) in &self.flights {
             ensure!(!f.members.is_empty(), "{fid} has no members but is live");
-            ensure!(self.live.get(&f.key) == Some(fid), "{fid} is not the live flight of its key");
+            ensure!(
+                self.live.get(&f.key) == Some(fid),
+                "{fid} is not the live flight of its key"
+            );
             match f.phase {
                 FlightPhase::Queued => {
                     queued += 1;
-                    ensure!(self.queue.contains(fid), "{fid} queued but not in the queue");
+                    ensure!(
+                        self.queue.contains(fid),
+                        "{fid} queued but not in the queue"
+                    );
                 }
                 FlightPhase::Preparing => preparing += 1,
                 FlightPhase::Prepared { seq, .. } => {
@@ -807,18 +903,45 @@ impl Machine {
                 );
                 attached += usize::from(req.is_some_and(|r| r.reader.is_some()));
             }
-            ensure!(attached == f.attached, "{fid} attached count {} != {attached}", f.attached);
+            ensure!(
+                attached == f.attached,
+                "{fid} attached count {} != {attached}",
+                f.attached
+            );
             let bytes: u64 = f.log.iter().map(|b| b.len() as u64).sum();
-            ensure!(bytes == f.bytes && bytes <= c.max_response_bytes, "{fid} byte count");
+            ensure!(
+                bytes == f.bytes && bytes <= c.max_response_bytes,
+                "{fid} byte count"
+            );
         }
-        ensure!(preparing == self.preparing, "preparation slots {} != {preparing}", self.preparing);
-        ensure!(streaming == self.streaming, "stream slots {} != {streaming}", self.streaming);
-        ensure!(preparing <= c.max_concurrent_requests, "preparation limit exceeded");
-        ensure!(streaming <= c.max_concurrent_streams, "stream limit exceeded");
+        ensure!(
+            preparing == self.preparing,
+            "preparation slots {} != {preparing}",
+            self.preparing
+        );
+        ensure!(
+            streaming == self.streaming,
+            "stream slots {} != {streaming}",
+            self.streaming
+        );
+        ensure!(
+            preparing <= c.max_concurrent_requests,
+            "preparation limit exceeded"
+        );
+        ensure!(
+            streaming <= c.max_concurrent_streams,
+            "stream limit exceeded"
+        );
         ensure!(queued == self.queue.len(), "queue holds flights not queued");
-        ensure!(ready == self.ready.len(), "ready list holds flights not prepared");
+        ensure!(
+            ready == self.ready.len(),
+            "ready list holds flights not prepared"
+        );
         ensure!(self.queue.len() <= c.queue_capacity, "queue over capacity");
-        ensure!(self.live.len() == self.flights.len(), "a key maps to a flight that is gone");
+        ensure!(
+            self.live.len() == self.flights.len(),
+            "a key maps to a flight that is gone"
+        );
         ensure!(
             self.queue.is_empty() || self.preparing == c.max_concurrent_requests,
             "a flight is queued while a preparation slot is free"
@@ -836,8 +959,14 @@ impl Machine {
                 Life::Live(fid) => {
                     live += 1;
                     let f = self.flights.get(fid);
-                    ensure!(f.is_some_and(|f| f.members.contains(id)), "{id} not in its {fid}");
-                    ensure!(f.is_some_and(|f| f.key == r.key), "{id} key differs from its flight");
+                    ensure!(
+                        f.is_some_and(|f| f.members.contains(id)),
+                        "{id} not in its {fid}"
+                    );
+                    ensure!(
+                        f.is_some_and(|f| f.key == r.key),
+                        "{id} key differs from its flight"
+                    );
                     if let (Some(reader), Some(f)) = (&r.reader, f) {
                         ensure!(reader.cursor <= f.log.len(), "{id} cursor past the log");
                         ensure!(!reader.finished, "{id} finished while live");
@@ -870,13 +999,31 @@ impl Machine {
                 ),
             }
         }
-        ensure!(readers == self.readers, "reader count {} != {readers}", self.readers);
-        ensure!(live == self.live_requests, "live count {} != {live}", self.live_requests);
-        self.cache.check(&self.deadlines).map_err(InvariantViolation)?;
+        ensure!(
+            readers == self.readers,
+            "reader count {} != {readers}",
+            self.readers
+        );
+        ensure!(
+            live == self.live_requests,
+            "live count {} != {live}",
+            self.live_requests
+        );
+        self.cache
+            .check(&self.deadlines)
+            .map_err(InvariantViolation)?;
         let armed = self.flights.len()
-            + self.requests.values().filter(|r| r.deadline.is_some()).count()
+            + self
+                .requests
+                .values()
+                .filter(|r| r.deadline.is_some())
+                .count()
             + self.cache.len();
-        ensure!(armed == self.deadlines.len(), "{} deadlines for {armed} owners", self.deadlines.len());
+        ensure!(
+            armed == self.deadlines.len(),
+            "{} deadlines for {armed} owners",
+            self.deadlines.len()
+        );
         Ok(())
     }
 }

@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 /// A point in time: nanoseconds since an epoch the driver chooses.
 ///
 /// Arithmetic saturates instead of overflowing, so no input can make the core panic.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Time(u64);
 
 impl Time {
@@ -90,7 +92,10 @@ mod tests {
     fn arithmetic_saturates_instead_of_panicking() {
         assert_eq!(Time::MAX + Duration::from_secs(1), Time::MAX);
         assert_eq!(Time::from_duration(Duration::MAX), Time::MAX);
-        assert_eq!(Time::ZERO.saturating_duration_since(Time::MAX), Duration::ZERO);
+        assert_eq!(
+            Time::ZERO.saturating_duration_since(Time::MAX),
+            Duration::ZERO
+        );
         assert_eq!(Time::from_millis(1500).to_string(), "1.500000s");
     }
 }
