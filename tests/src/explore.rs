@@ -1,1 +1,293 @@
-//! (explore: to be written.)
+//! The exhaustive explorer: a small model checker over [`World`].
+//!
+//! From the empty world it enumerates every op enabled in each state (submits
+//! over the bounded keys, attach, read, cancel and drop of every client, every
+//! preparation outcome, every chunk, upstream end and failure, late completions,
+//! and time jumping to the next deadline) and follows all of them depth-first.
+//! States are deduplicated by a 128-bit fingerprint of the whole world (machine
+//! plus what clients and upstream know), computed with a deterministic hasher.
+//! Every transition runs all of [`World::apply`]'s checks; every state in which
+//! no user work is running is also run to quiescence on a copy
+//! ([`World::finish`]), checking rules 7, 13, 14, 19 and 21.
+//!
+//! On a violation the explorer prints the path of ops and saves it as a postcard
+//! [`Trace`] under [`std::env::temp_dir`].
+
+use std::collections::HashSet;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::time::{Duration, Instant};
+
+use flightdeck_core::Config;
+
+use crate::trace::Trace;
+use crate::world::{Op, World};
+
+/// The bound of an exploration.
+#[derive(Clone, Debug)]
+pub struct Bound {
+    /// The machine's configuration.
+    pub config: Config,
+    /// How many requests may be submitted in total.
+    pub requests: usize,
+    /// How many distinct keys submits choose from.
+    pub keys: u8,
+    /// How many chunks each upstream produces before it may complete.
+    pub chunks: usize,
+    /// Whether preparations may also succeed uncacheable.
+    pub uncacheable: bool,
+    /// Whether clients may read (reads are always done at quiescence).
+    pub reads: bool,
+}
+
+impl Bound {
+    /// The CI bound: 3 requests over 2 keys, limits 1/1, 2 chunks per flight;
+    /// clients read only when run to quiescence (every idle state is).
+    #[must_use]
+    pub fn small() -> Bound {
+        Bound {
+            config: config(1, 1),
+            requests: 3,
+            keys: 2,
+            chunks: 2,
+            uncacheable: false,
+            reads: false,
+        }
+    }
+
+    /// A larger bound: 4 requests over 2 keys, limits 2/1, uncacheable results too.
+    #[must_use]
+    pub fn large() -> Bound {
+        Bound {
+            config: config(2, 1),
+            requests: 4,
+            keys: 2,
+            chunks: 2,
+            uncacheable: true,
+            reads: true,
+        }
+    }
+}
+
+/// A configuration with the given limits and distinct, small timeouts (so
+/// every order of expiries is reachable).
+#[must_use]
+pub fn config(preparations: usize, streams: usize) -> Config {
+    let ms = Duration::from_millis;
+    Config {
+        queue_capacity: 2,
+        max_concurrent_requests: preparations,
+        max_concurrent_streams: streams,
+        max_response_bytes: 1 << 20,
+        cache_capacity: 1,
+        cache_ttl: ms(70),
+        queue_timeout: ms(40),
+        preparation_timeout: ms(30),
+        stream_slot_timeout: ms(50),
+        stream_timeout: ms(100),
+        idle_timeout: ms(35),
+        attach_timeout: ms(60),
+        cancelled_retention: ms(20),
+        finished_retention: ms(25),
+    }
+}
+
+/// The result of a successful exploration.
+#[derive(Clone, Copy, Debug)]
+pub struct Report {
+    /// Distinct states visited.
+    pub states: usize,
+    /// Transitions taken (including ones into known states).
+    pub transitions: usize,
+    /// Longest path.
+    pub max_depth: usize,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// A violation found by the explorer.
+#[derive(Clone, Debug)]
+pub struct Counterexample {
+    /// The ops from the empty world to the violation.
+    pub path: Vec<Op>,
+    /// The violation message.
+    pub message: String,
+    /// The recorded trace of the path (inputs and actions).
+    pub trace: Trace,
+    /// Where the trace was saved, if saving worked.
+    pub saved: Option<std::path::PathBuf>,
+}
+
+impl std::fmt::Display for Counterexample {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "VIOLATION: {}", self.message)?;
+        writeln!(f, "path ({} ops):", self.path.len())?;
+        for (i, op) in self.path.iter().enumerate() {
+            writeln!(f, "  {i:2}: {op:?}")?;
+        }
+        writeln!(f, "inputs:")?;
+        for (t, input) in &self.trace.steps {
+            writeln!(f, "  t={t} {input:?}")?;
+        }
+        if let Some(p) = &self.saved {
+            writeln!(f, "trace saved to {}", p.display())?;
+        }
+        Ok(())
+    }
+}
+
+fn fingerprint(world: &World) -> u128 {
+    let mut a = DefaultHasher::new();
+    world.hash(&mut a);
+    let mut b = DefaultHasher::new();
+    0xf1d3_u16.hash(&mut b);
+    world.hash(&mut b);
+    (u128::from(a.finish()) << 64) | u128::from(b.finish())
+}
+
+/// Every op enabled in `world` under `bound`.
+#[must_use]
+pub fn enabled(world: &World, bound: &Bound) -> Vec<Op> {
+    let mut ops = Vec::new();
+    let idx = |i: usize| u8::try_from(i).unwrap_or(u8::MAX);
+    if world.clients.len() < bound.requests {
+        for key in 0..bound.keys {
+            ops.push(Op::Submit { key });
+        }
+    }
+    for (i, c) in world.clients.iter().enumerate() {
+        if c.dropped {
+            continue;
+        }
+        if !c.attached {
+            ops.push(Op::Attach(idx(i)));
+        } else {
+            if bound.reads && !c.parked && !c.closed {
+                ops.push(Op::Read(idx(i)));
+            }
+            ops.push(Op::Detach(idx(i)));
+        }
+        if c.cancelled_at.is_none() {
+            ops.push(Op::Cancel(idx(i)));
+        }
+    }
+    for i in 0..world.preparing().len() {
+        let i = idx(i);
+        ops.push(Op::PrepareOk {
+            which: i,
+            cacheable: true,
+        });
+        if bound.uncacheable {
+            ops.push(Op::PrepareOk {
+                which: i,
+                cacheable: false,
+            });
+        }
+        ops.push(Op::PrepareFail(i));
+    }
+    for (i, f) in world.streaming().iter().enumerate() {
+        let i = idx(i);
+        if world.flights[f].log.len() < bound.chunks {
+            ops.push(Op::Chunk(i));
+        } else {
+            ops.push(Op::UpstreamOk(i));
+        }
+        ops.push(Op::UpstreamFail(i));
+    }
+    for i in 0..world.ended().len() {
+        ops.push(Op::Late(idx(i)));
+    }
+    if world.machine.poll_timeout().is_some() {
+        ops.push(Op::NextDeadline);
+    }
+    ops
+}
+
+/// Explores every interleaving within `bound`.
+///
+/// # Errors
+/// The first violation found, as a [`Counterexample`] (already printed and saved).
+pub fn explore(bound: &Bound) -> Result<Report, Box<Counterexample>> {
+    let start = Instant::now();
+    let root = World::new(bound.config.clone()).expect("the bound's config is valid");
+    let mut seen: HashSet<u128> = HashSet::new();
+    seen.insert(fingerprint(&root));
+    let mut report = Report {
+        states: 1,
+        transitions: 0,
+        max_depth: 0,
+        elapsed: Duration::ZERO,
+    };
+    // Depth-first: each frame is a state, its enabled ops and the next to try.
+    let mut path: Vec<Op> = Vec::new();
+    let mut stack: Vec<(World, Vec<Op>, usize)> = Vec::new();
+    if let Err(v) = quiescence(&root) {
+        return Err(counterexample(bound, &path, &v));
+    }
+    let ops = enabled(&root, bound);
+    stack.push((root, ops, 0));
+    while let Some((world, ops, next)) = stack.last_mut() {
+        let Some(op) = ops.get(*next).cloned() else {
+            stack.pop();
+            path.pop();
+            continue;
+        };
+        *next += 1;
+        let mut child = world.clone();
+        report.transitions += 1;
+        path.push(op.clone());
+        if let Err(v) = child.apply(&op) {
+            return Err(counterexample(bound, &path, &v.0));
+        }
+        if !seen.insert(fingerprint(&child)) {
+            path.pop();
+            continue;
+        }
+        report.states += 1;
+        report.max_depth = report.max_depth.max(path.len());
+        if let Err(v) = quiescence(&child) {
+            return Err(counterexample(bound, &path, &v));
+        }
+        let ops = enabled(&child, bound);
+        stack.push((child, ops, 0));
+    }
+    report.elapsed = start.elapsed();
+    Ok(report)
+}
+
+/// In a state where no user work runs, runs a copy to quiescence and checks it.
+fn quiescence(world: &World) -> Result<(), String> {
+    if world.work_pending() {
+        return Ok(());
+    }
+    let mut copy = world.clone();
+    copy.finish().map_err(|v| format!("at quiescence: {v}"))
+}
+
+fn counterexample(bound: &Bound, path: &[Op], message: &str) -> Box<Counterexample> {
+    // Re-run the path in a recording world to get the inputs and actions.
+    let mut world = World::new(bound.config.clone())
+        .expect("the bound's config is valid")
+        .recording();
+    for op in path {
+        if world.apply(op).is_err() {
+            break;
+        }
+    }
+    if message.starts_with("at quiescence") {
+        let _ = world.finish();
+    }
+    let trace = Trace::from_world(&world);
+    let file = std::env::temp_dir().join(format!(
+        "flightdeck-counterexample-{}.trace",
+        std::process::id()
+    ));
+    let saved = trace.save(&file).ok().map(|()| file);
+    let cx = Box::new(Counterexample {
+        path: path.to_vec(),
+        message: message.to_owned(),
+        trace,
+        saved,
+    });
+    eprintln!("{cx}");
+    cx
+}
