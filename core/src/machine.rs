@@ -152,14 +152,13 @@ impl Machine {
         let route = match (joining, cached) {
             (Some(flight), _) => {
                 self.totals.coalesced += 1;
-                self.insert_member(now, id, key, flight);
+                self.insert_member(now, id, flight);
                 Route::Joined(flight)
             }
             (None, Some(log)) => {
                 self.totals.cache_hits += 1;
                 self.totals.completed += 1;
                 let mut request = Request {
-                    key,
                     life: Life::Ended {
                         outcome: Outcome::Completed,
                         log: Some(log),
@@ -182,9 +181,9 @@ impl Machine {
                 self.deadlines
                     .arm(&mut f.deadline, until, Timer::Flight(flight));
                 self.flights.insert(flight, f);
-                self.live.insert(key.clone(), flight);
+                self.live.insert(key, flight);
                 self.queue.insert(flight);
-                self.insert_member(now, id, key, flight);
+                self.insert_member(now, id, flight);
                 Route::NewFlight(flight)
             }
         };
@@ -192,12 +191,11 @@ impl Machine {
         Ok(Submission { request: id, route })
     }
 
-    fn insert_member(&mut self, now: Time, id: RequestId, key: Key, flight: FlightId) {
+    fn insert_member(&mut self, now: Time, id: RequestId, flight: FlightId) {
         if let Some(f) = self.flights.get_mut(&flight) {
             f.members.insert(id);
         }
         let mut request = Request {
-            key,
             life: Life::Live(flight),
             reader: None,
             deadline: None,
@@ -962,10 +960,6 @@ impl Machine {
                     ensure!(
                         f.is_some_and(|f| f.members.contains(id)),
                         "{id} not in its {fid}"
-                    );
-                    ensure!(
-                        f.is_some_and(|f| f.key == r.key),
-                        "{id} key differs from its flight"
                     );
                     if let (Some(reader), Some(f)) = (&r.reader, f) {
                         ensure!(reader.cursor <= f.log.len(), "{id} cursor past the log");

@@ -7,7 +7,7 @@
 //! deadline passes. That is the whole cleanup story: no janitor, no conditions.
 
 use crate::cache::Log;
-use crate::{FlightId, Key, Outcome, Time};
+use crate::{FlightId, Outcome, Time};
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Life {
@@ -30,7 +30,6 @@ pub(crate) struct Reader {
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Request {
-    pub(crate) key: Key,
     pub(crate) life: Life,
     pub(crate) reader: Option<Reader>,
     /// The attach deadline (live, no reader) or the retention deadline (ended, no reader).
