@@ -240,7 +240,9 @@ fn bench_mixed(c: &mut Criterion) {
     const STEPS: usize = 20_000;
     let inputs = mixed(STEPS);
     let mut g = c.benchmark_group("mixed");
-    g.sample_size(20).measurement_time(Duration::from_secs(4));
+    g.sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4));
     g.throughput(Throughput::Elements(inputs));
     g.bench_function(BenchmarkId::new("inputs", inputs), |b| {
         b.iter(|| mixed(STEPS));
@@ -293,7 +295,9 @@ fn fanout_once(m: &mut Machine, f: FlightId, now: Time, chunk: &Bytes, out: &mut
 
 fn bench_fanout(c: &mut Criterion) {
     let mut g = c.benchmark_group("fanout");
-    g.sample_size(20).measurement_time(Duration::from_secs(3));
+    g.sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
     let chunk = Bytes::from_static(CHUNK);
     for n in [1usize, 100, 10_000] {
         // Chunks per flight before the log is reset (keeps memory bounded).
@@ -353,7 +357,9 @@ fn cached_machine(chunks: usize) -> Machine {
 
 fn bench_cache_hit(c: &mut Criterion) {
     let mut g = c.benchmark_group("cache_hit");
-    g.sample_size(30).measurement_time(Duration::from_secs(3));
+    g.sample_size(30)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
     for chunks in [1usize, 100] {
         let mut m = cached_machine(chunks);
         let t = Time::from_millis(2);
@@ -393,7 +399,9 @@ fn million_queued() -> Machine {
 
 fn bench_deadlines(c: &mut Criterion) {
     let mut g = c.benchmark_group("deadlines_1m");
-    g.sample_size(20).measurement_time(Duration::from_secs(3));
+    g.sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
     let mut m = million_queued();
     println!(
         "deadlines_1m: {} pending deadlines, {} requests",
@@ -424,15 +432,19 @@ fn bench_deadlines(c: &mut Criterion) {
             while small.poll_action().is_some() {}
         });
     });
-    // handle_timeout popping the earliest deadline: an attach timeout that ends
+    // handle_timeout popping the earliest deadline (1M-2M pending): an attach timeout that ends
     // the request's flight (last member), disarms the flight's queue deadline and
     // arms the record's retention. One expiry per iteration.
     g.bench_function("handle_timeout_one_of_2m", |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
-                let Some(at) = m.poll_timeout() else {
+                // Only attach expiries are timed: rebuild once all have fired
+                // (pending deadlines stay between 1M and 2M).
+                if m.stats().live_requests == 0 {
                     m = million_queued();
+                }
+                let Some(at) = m.poll_timeout() else {
                     continue;
                 };
                 let start = Instant::now();

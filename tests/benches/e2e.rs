@@ -534,7 +534,9 @@ fn bench_e2e(c: &mut Criterion) {
     );
 
     let mut g = c.benchmark_group("e2e");
-    g.sample_size(10).measurement_time(Duration::from_secs(5));
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5));
     g.bench_function("flightdeck_tokio", |b| {
         b.iter(|| rt.block_on(flightdeck_run(trt.clone())));
     });
