@@ -512,12 +512,14 @@ impl Machine {
         let Some(f) = self.flights.get_mut(&flight) else {
             return;
         };
-        f.deadline = None; // popped already
+        // Popped already. Name the phase from when the deadline was due, not from
+        // `now`: a driver that wakes late must still see an idle expiry as idle.
+        let due = f.deadline.take().unwrap_or(now);
         let (phase, abort) = match f.phase {
             FlightPhase::Queued => (Phase::Queue, false),
             FlightPhase::Preparing => (Phase::Preparation, true),
             FlightPhase::Prepared { .. } => (Phase::StreamSlot, false),
-            FlightPhase::Streaming { ends_by, .. } if now >= ends_by => (Phase::Stream, true),
+            FlightPhase::Streaming { ends_by, .. } if due >= ends_by => (Phase::Stream, true),
             FlightPhase::Streaming { .. } => (Phase::Idle, true),
         };
         self.end_flight(now, flight, &Outcome::TimedOut(phase), abort);
