@@ -1434,9 +1434,11 @@ fn rule21_machine_is_empty_after_shutdown_and_retentions() {
 
 // ----- rule 22: errors are values --------------------------------------------------
 
+type SetField = fn(&mut Config);
+
 #[test]
 fn rule22_zero_limits_and_timeouts_in_config_are_errors() {
-    let limits: [(&str, fn(&mut Config)); 4] = [
+    let limits: [(&str, SetField); 4] = [
         ("queue_capacity", |c| c.queue_capacity = 0),
         ("max_concurrent_requests", |c| c.max_concurrent_requests = 0),
         ("max_concurrent_streams", |c| c.max_concurrent_streams = 0),
@@ -1447,7 +1449,7 @@ fn rule22_zero_limits_and_timeouts_in_config_are_errors() {
         set(&mut c);
         assert_eq!(Machine::new(c), Err(ConfigError::ZeroLimit { field }));
     }
-    let timeouts: [(&str, fn(&mut Config)); 9] = [
+    let timeouts: [(&str, SetField); 9] = [
         ("cache_ttl", |c| c.cache_ttl = d(0)),
         ("queue_timeout", |c| c.queue_timeout = d(0)),
         ("preparation_timeout", |c| c.preparation_timeout = d(0)),
