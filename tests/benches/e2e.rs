@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
@@ -42,6 +42,9 @@ const STREAMS: usize = 5;
 /// streams (tokio's docs use 16; 64 is what a team would pick after seeing lag).
 const BROADCAST_CAPACITY: usize = 64;
 const CHUNK: &[u8] = b"a token of some twenty bytes";
+
+/// Bench-only switch for the driver experiment in `Fd::run_upstream`.
+static BATCH_READY_CHUNKS: AtomicBool = AtomicBool::new(false);
 
 type BoxFut = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 type Upstream = Pin<Box<dyn Stream<Item = Bytes> + Send + 'static>>;
@@ -252,15 +255,38 @@ impl<R: Rt> Fd<R> {
 
     async fn run_upstream(self: Arc<Self>, flight: FlightId) {
         let mut s = (self.upstream)(flight);
-        while let Some(chunk) = s.next().await {
-            let stale = self.with(|g, now| g.m.handle_chunk(now, flight, chunk).is_err());
-            if stale {
+        let batching = BATCH_READY_CHUNKS.load(Ordering::Relaxed);
+        let mut batch = Vec::new();
+        let mut ended = false;
+        loop {
+            match s.next().await {
+                Some(c) => batch.push(c),
+                None => ended = true,
+            }
+            // Experiment: hand the core every chunk that is already ready under
+            // one lock (what a driver can do without any core change).
+            while batching && !ended {
+                match futures_lite::future::poll_once(s.next()).await {
+                    Some(Some(c)) => batch.push(c),
+                    Some(None) => ended = true,
+                    None => break,
+                }
+            }
+            let stale = self.with(|g, now| {
+                for c in batch.drain(..) {
+                    if g.m.handle_chunk(now, flight, c).is_err() {
+                        return true;
+                    }
+                }
+                if ended {
+                    let _ = g.m.handle_upstream_end(now, flight, Ok(()));
+                }
+                false
+            });
+            if stale || ended {
                 return;
             }
         }
-        self.with(|g, now| {
-            let _ = g.m.handle_upstream_end(now, flight, Ok(()));
-        });
     }
 
     /// Submits and attaches (what a client stream does at once).
@@ -491,6 +517,16 @@ where
         b.push(s.elapsed());
         lost.add(t);
     }
+    let range = |v: &[Duration]| {
+        let lo = v.iter().min().copied().unwrap_or_default();
+        let hi = v.iter().max().copied().unwrap_or_default();
+        format!("{lo:.1?}..{hi:.1?}")
+    };
+    println!(
+        "{label}: run times flightdeck {}, baseline {}",
+        range(&a),
+        range(&b)
+    );
     let (ma, mb) = (median(a), median(b));
     println!(
         "{label}: interleaved medians over {runs} runs: flightdeck {ma:?}, baseline {mb:?}, ratio flightdeck/baseline = {:.3}",
@@ -532,6 +568,21 @@ fn bench_e2e(c: &mut Criterion) {
         || pool.block_on(flightdeck_run(srt.clone())),
         || pool.block_on(baseline_run(srt.clone())),
     );
+
+    BATCH_READY_CHUNKS.store(true, Ordering::Relaxed);
+    interleaved(
+        "tokio, driver batching ready chunks",
+        10,
+        || rt.block_on(flightdeck_run(trt.clone())),
+        || rt.block_on(baseline_run(trt.clone())),
+    );
+    interleaved(
+        "smol, driver batching ready chunks",
+        10,
+        || pool.block_on(flightdeck_run(srt.clone())),
+        || pool.block_on(baseline_run(srt.clone())),
+    );
+    BATCH_READY_CHUNKS.store(false, Ordering::Relaxed);
 
     let mut g = c.benchmark_group("e2e");
     g.sample_size(10)
