@@ -529,7 +529,7 @@ where
     );
     let (ma, mb) = (median(a), median(b));
     println!(
-        "{label}: interleaved medians over {runs} runs: flightdeck {ma:?}, baseline {mb:?}, ratio flightdeck/baseline = {:.3}",
+        "{label}: interleaved medians over {runs} runs each: flightdeck {ma:?}, baseline {mb:?}, ratio flightdeck/baseline = {:.3}",
         ma.as_secs_f64() / mb.as_secs_f64()
     );
     let per_run = (REQUESTS * CHUNKS) as u64;
@@ -558,13 +558,13 @@ fn bench_e2e(c: &mut Criterion) {
 
     interleaved(
         "tokio",
-        10,
+        30,
         || rt.block_on(flightdeck_run(trt.clone())),
         || rt.block_on(baseline_run(trt.clone())),
     );
     interleaved(
         "smol",
-        10,
+        30,
         || pool.block_on(flightdeck_run(srt.clone())),
         || pool.block_on(baseline_run(srt.clone())),
     );
@@ -572,13 +572,13 @@ fn bench_e2e(c: &mut Criterion) {
     BATCH_READY_CHUNKS.store(true, Ordering::Relaxed);
     interleaved(
         "tokio, driver batching ready chunks",
-        10,
+        30,
         || rt.block_on(flightdeck_run(trt.clone())),
         || rt.block_on(baseline_run(trt.clone())),
     );
     interleaved(
         "smol, driver batching ready chunks",
-        10,
+        30,
         || pool.block_on(flightdeck_run(srt.clone())),
         || pool.block_on(baseline_run(srt.clone())),
     );
