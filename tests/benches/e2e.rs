@@ -703,13 +703,21 @@ async fn chunk_to_reader<R: Rt>(rt: R) -> Vec<Duration> {
 fn bench_latency(_c: &mut Criterion) {
     let rt = tokio_runtime();
     let trt = TokioRt(rt.handle().clone());
+    // Called from the bench thread (outside the runtime), a spawn must unpark
+    // an idle worker thread; called from a task (a request handler, the usual
+    // place a cancel comes from) it lands on the worker's own queue. Both shown.
     percentiles(
-        "latency/tokio cancel-to-reuse",
+        "latency/tokio cancel-to-reuse (cancel from outside the runtime)",
         rt.block_on(cancel_to_reuse(trt.clone())),
     );
     percentiles(
+        "latency/tokio cancel-to-reuse (cancel from a runtime task)",
+        rt.block_on(rt.spawn(cancel_to_reuse(trt.clone())))
+            .expect("task"),
+    );
+    percentiles(
         "latency/tokio chunk-to-reader",
-        rt.block_on(chunk_to_reader(trt)),
+        rt.block_on(rt.spawn(chunk_to_reader(trt))).expect("task"),
     );
     let pool = SmolPool::new();
     let srt = SmolRt(pool.ex.clone());
