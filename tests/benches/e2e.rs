@@ -45,6 +45,8 @@ const CHUNK: &[u8] = b"a token of some twenty bytes";
 
 /// Bench-only switch for the driver experiment in `Fd::run_upstream`.
 static BATCH_READY_CHUNKS: AtomicBool = AtomicBool::new(false);
+/// Bench-only switch for the read-and-park experiment in `Fd::read_parking`.
+static READ_AND_PARK: AtomicBool = AtomicBool::new(false);
 
 type BoxFut = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 type Upstream = Pin<Box<dyn Stream<Item = Bytes> + Send + 'static>>;
@@ -171,6 +173,8 @@ impl Drop for SmolPool {
 struct Inner<R: Rt> {
     m: Machine,
     wakers: HashMap<RequestId, Waker>,
+    /// Experiment (read-and-park): readers that skip polling until woken.
+    notified: HashMap<RequestId, Arc<AtomicBool>>,
     tasks: HashMap<FlightId, R::Handle>,
 }
 
@@ -191,6 +195,7 @@ impl<R: Rt> Fd<R> {
             inner: Mutex::new(Inner {
                 m: Machine::new(config).expect("valid config"),
                 wakers: HashMap::new(),
+                notified: HashMap::new(),
                 tasks: HashMap::new(),
             }),
             rt,
@@ -229,6 +234,9 @@ impl<R: Rt> Fd<R> {
                     }
                 }
                 Action::Wake { request } => {
+                    if let Some(f) = g.notified.get(&request) {
+                        f.store(true, Ordering::Release);
+                    }
                     if let Some(w) = g.wakers.remove(&request) {
                         wake.push(w);
                     }
@@ -319,12 +327,55 @@ impl<R: Rt> Fd<R> {
         .await
     }
 
+    /// Experiment: what a core `read` that parks the reader when it drains the
+    /// log would give. Emulated with a second `read` under the same lock; the
+    /// client then does not lock again until its `Wake`.
+    async fn read_parking(
+        self: &Arc<Self>,
+        id: RequestId,
+        out: &mut Vec<Item>,
+        parked: &mut bool,
+        flag: &Arc<AtomicBool>,
+    ) -> bool {
+        let mut scratch = Vec::new();
+        std::future::poll_fn(|cx| {
+            if *parked && !flag.swap(false, Ordering::AcqRel) {
+                return Poll::Pending;
+            }
+            *parked = false;
+            self.with(|g, _| match g.m.read(id, out) {
+                Ok(Readiness::Ready) => {
+                    let more = !matches!(out.last(), Some(Item::End(_)));
+                    if more && g.m.read(id, &mut scratch) == Ok(Readiness::Pending) {
+                        g.wakers.insert(id, cx.waker().clone());
+                        g.notified.insert(id, flag.clone());
+                        *parked = true;
+                    }
+                    Poll::Ready(more)
+                }
+                Ok(Readiness::Pending) => {
+                    g.wakers.insert(id, cx.waker().clone());
+                    Poll::Pending
+                }
+                _ => Poll::Ready(false),
+            })
+        })
+        .await
+    }
+
     async fn read_to_end(self: Arc<Self>, id: RequestId) -> Tally {
         let mut t = Tally::default();
         let mut out = Vec::with_capacity(CHUNKS + 1);
+        let park = READ_AND_PARK.load(Ordering::Relaxed);
+        let flag = Arc::new(AtomicBool::new(false));
+        let mut parked = false;
         loop {
             out.clear();
-            let more = self.read(id, &mut out).await;
+            let more = if park {
+                self.read_parking(id, &mut out, &mut parked, &flag).await
+            } else {
+                self.read(id, &mut out).await
+            };
             for item in &out {
                 match item {
                     Item::Chunk(_) => t.chunks += 1,
@@ -337,6 +388,7 @@ impl<R: Rt> Fd<R> {
             }
         }
         self.with(|g, now| {
+            g.notified.remove(&id);
             let _ = g.m.detach(now, id);
         });
         t
@@ -582,6 +634,20 @@ fn bench_e2e(c: &mut Criterion) {
         || pool.block_on(flightdeck_run(srt.clone())),
         || pool.block_on(baseline_run(srt.clone())),
     );
+    READ_AND_PARK.store(true, Ordering::Relaxed);
+    interleaved(
+        "tokio, batching + read-and-park",
+        30,
+        || rt.block_on(flightdeck_run(trt.clone())),
+        || rt.block_on(baseline_run(trt.clone())),
+    );
+    interleaved(
+        "smol, batching + read-and-park",
+        30,
+        || pool.block_on(flightdeck_run(srt.clone())),
+        || pool.block_on(baseline_run(srt.clone())),
+    );
+    READ_AND_PARK.store(false, Ordering::Relaxed);
     BATCH_READY_CHUNKS.store(false, Ordering::Relaxed);
 
     let mut g = c.benchmark_group("e2e");
