@@ -87,6 +87,8 @@
 #![forbid(unsafe_code)]
 
 mod action;
+#[cfg(feature = "driver")]
+pub mod driver;
 mod cache;
 mod config;
 mod deadline;

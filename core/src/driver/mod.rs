@@ -1,0 +1,312 @@
+//! The runtime-independent half of the adapters (feature `driver`).
+//!
+//! `flightdeck-tokio` and `flightdeck-smol` are this module plus a [`Runtime`]:
+//! a way to spawn a future and abort it, a clock, and a sleep. Everything else
+//! lives here, once:
+//!
+//! - a [`Manager`] holds the [`Machine`] behind a mutex, together with what the
+//!   adapter keeps per flight (the payload until preparation starts, the prepared
+//!   value until the stream starts, the running task), dropped on
+//!   [`Action::FlightEnded`](crate::Action::FlightEnded);
+//! - after every input it carries out the machine's actions in order and decides
+//!   nothing: it spawns the user's [`Preparer`] and [`Upstream`] futures, reports
+//!   their results back, aborts them when told, wakes readers;
+//! - one timer task sleeps until the machine's next deadline
+//!   ([`Machine::poll_timeout`]) and is re-armed only when that deadline moves
+//!   earlier (a deadline moving later costs one harmless early wake-up);
+//! - a panicking preparation or upstream is caught and reported as
+//!   [`Failure::Panicked`](crate::Failure::Panicked), so its slot is released and
+//!   nothing leaks (rule 23);
+//! - a [`ResultStream`] pulls its request's items from the machine and parks
+//!   until the machine emits a wake for it; dropping it detaches (rule 15);
+//! - every spawned task is counted until its future is dropped
+//!   ([`Manager::tasks`]), and [`Manager::shutdown`] waits for all of them.
+//!
+//! The core's default build has none of this and no async dependency.
+
+mod shared;
+mod stream;
+mod user;
+
+use std::sync::Arc;
+
+pub use stream::ResultStream;
+pub use user::{BoxFuture, Preparation, Preparer, Upstream};
+
+use shared::Shared;
+
+use crate::{
+    Config, ConfigError, InvariantViolation, Key, Machine, RequestError, RequestId, RequestStatus,
+    Route, Stats, SubmitError, Time,
+};
+
+/// What a manager needs from an async runtime. `flightdeck-tokio` and
+/// `flightdeck-smol` implement it; nothing else is runtime-specific.
+pub trait Runtime: Send + Sync + Sized + 'static {
+    /// A spawned task, to abort or to let run.
+    type Handle: Send + 'static;
+
+    /// The runtime of the calling context, with its clock started now.
+    ///
+    /// # Panics
+    /// May panic when called outside the runtime (tokio does).
+    fn current() -> Self;
+
+    /// Spawns a task.
+    fn spawn(&self, task: BoxFuture<()>) -> Self::Handle;
+
+    /// Stops a task: its future is dropped without being polled again (at once,
+    /// or as soon as the runtime gets to it).
+    fn abort(&self, task: Self::Handle);
+
+    /// Lets a task run to completion without holding its handle.
+    fn detach(&self, task: Self::Handle);
+
+    /// The current time: nanoseconds since this runtime value was created (the
+    /// manager's start). Never goes backwards.
+    fn now(&self) -> Time;
+
+    /// A future that completes once [`Runtime::now`] has reached `deadline`.
+    fn sleep_until(&self, deadline: Time) -> BoxFuture<()>;
+}
+
+/// How many tasks a manager has spawned (preparations, upstreams and its timer)
+/// and how many have finished. A task has finished when its future was dropped:
+/// it completed, or it was aborted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TaskCounts {
+    /// Tasks spawned.
+    pub spawned: u64,
+    /// Tasks finished.
+    pub finished: u64,
+}
+
+impl TaskCounts {
+    /// Tasks still running.
+    #[must_use]
+    pub fn running(&self) -> u64 {
+        self.spawned.saturating_sub(self.finished)
+    }
+}
+
+/// Stops the manager when its last handle is dropped.
+struct Owner<P: Send + 'static, R: Runtime> {
+    shared: Arc<Shared<P, R>>,
+}
+
+impl<P: Send + 'static, R: Runtime> Drop for Owner<P, R> {
+    fn drop(&mut self) {
+        self.shared.close();
+    }
+}
+
+/// Manages streaming requests for payloads of type `P` on runtime `R`.
+///
+/// `flightdeck_tokio::Manager<P>` and `flightdeck_smol::Manager<P>` are this type
+/// with their runtime. It is a cheap handle: clones share one manager. When the
+/// last clone is dropped the manager shuts down as by [`Manager::shutdown`],
+/// without waiting; result streams already handed out still read their ends.
+///
+/// Every method returns at once; only [`Manager::shutdown`] is async.
+pub struct Manager<P: Send + 'static, R: Runtime> {
+    owner: Arc<Owner<P, R>>,
+}
+
+impl<P: Send + 'static, R: Runtime> Clone for Manager<P, R> {
+    fn clone(&self) -> Self {
+        Manager {
+            owner: Arc::clone(&self.owner),
+        }
+    }
+}
+
+impl<P: Send + 'static, R: Runtime> core::fmt::Debug for Manager<P, R> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Manager")
+            .field("stats", &self.stats())
+            .field("tasks", &self.tasks())
+            .finish()
+    }
+}
+
+impl<P: Send + 'static, R: Runtime> Manager<P, R> {
+    /// A manager on the runtime of the calling context ([`Runtime::current`]).
+    ///
+    /// `preparer` turns the payload of the submit that creates a flight into what
+    /// `upstream` needs; `upstream` opens the stream of chunks. Closures work for
+    /// both (see [`Preparer`] and [`Upstream`]).
+    ///
+    /// # Errors
+    /// The config's first invalid field.
+    ///
+    /// # Panics
+    /// If the runtime's [`Runtime::current`] does (tokio: outside a runtime).
+    pub fn new<Pr, U>(config: Config, preparer: Pr, upstream: U) -> Result<Self, ConfigError>
+    where
+        Pr: Preparer<P>,
+        U: Upstream<Pr::Output>,
+    {
+        Self::with_runtime(R::current(), config, preparer, upstream)
+    }
+
+    /// A manager on the given runtime value (e.g. a specific tokio handle or smol
+    /// executor).
+    ///
+    /// # Errors
+    /// The config's first invalid field.
+    pub fn with_runtime<Pr, U>(
+        runtime: R,
+        config: Config,
+        preparer: Pr,
+        upstream: U,
+    ) -> Result<Self, ConfigError>
+    where
+        Pr: Preparer<P>,
+        U: Upstream<Pr::Output>,
+    {
+        let machine = Machine::new(config)?;
+        let shared = Shared::new(runtime, machine, user::erase(preparer, upstream));
+        Ok(Manager {
+            owner: Arc::new(Owner { shared }),
+        })
+    }
+
+    fn shared(&self) -> &Arc<Shared<P, R>> {
+        &self.owner.shared
+    }
+
+    /// Submits a request (rules 1-3) and returns its id at once. It joins the
+    /// key's live flight, or is served from the cache, or creates a flight; only
+    /// in the last case is `payload` kept, for the preparation (otherwise it is
+    /// dropped).
+    ///
+    /// The request must be attached with [`Manager::stream`] within
+    /// `attach_timeout`, or it times out.
+    ///
+    /// # Errors
+    /// [`SubmitError`]: queue full, empty key, shutting down. Nothing changes.
+    pub fn submit(&self, key: impl Into<Key>, payload: P) -> Result<RequestId, SubmitError> {
+        self.submit_inner(key.into(), payload, false)
+            .map(|(id, _)| id)
+    }
+
+    /// Submits a request and attaches to it in one step: the usual client call.
+    /// The stream's [`ResultStream::id`] is the request's id.
+    ///
+    /// # Errors
+    /// As [`Manager::submit`].
+    pub fn submit_and_stream(
+        &self,
+        key: impl Into<Key>,
+        payload: P,
+    ) -> Result<ResultStream, SubmitError> {
+        let (id, attached) = self.submit_inner(key.into(), payload, true)?;
+        debug_assert!(attached, "a request just submitted has no reader");
+        Ok(self.result_stream(id))
+    }
+
+    fn submit_inner(
+        &self,
+        key: Key,
+        payload: P,
+        attach: bool,
+    ) -> Result<(RequestId, bool), SubmitError> {
+        let (result, unused) = self
+            .shared()
+            .with(|g, now| match g.machine.submit(now, key) {
+                Ok(submission) => {
+                    let unused = match submission.route {
+                        Route::NewFlight(flight) => {
+                            g.store_payload(flight, payload);
+                            None
+                        }
+                        _ => Some(payload),
+                    };
+                    let attached = attach && g.machine.attach(now, submission.request).is_ok();
+                    (Ok((submission.request, attached)), unused)
+                }
+                Err(e) => (Err(e), Some(payload)),
+            });
+        drop(unused); // the user's payload is dropped outside the lock
+        result
+    }
+
+    fn result_stream(&self, id: RequestId) -> ResultStream {
+        let source: Arc<dyn stream::Source> = Arc::clone(self.shared()) as _;
+        ResultStream::new(id, source)
+    }
+
+    /// Attaches to a request's result stream (at most one per request) and returns
+    /// at once. The stream replays from the first chunk; a request that already
+    /// ended yields its outcome (e.g. [`Outcome::Cancelled`](crate::Outcome::Cancelled)
+    /// within `cancelled_retention`, rule 13).
+    ///
+    /// # Errors
+    /// [`RequestError::NotFound`] or [`RequestError::AlreadyAttached`].
+    pub fn stream(&self, id: RequestId) -> Result<ResultStream, RequestError> {
+        self.shared().with(|g, now| g.machine.attach(now, id))?;
+        Ok(self.result_stream(id))
+    }
+
+    /// Cancels a request (rules 9-14). Idempotent. If it was its flight's last
+    /// member, the flight's work is aborted at once and its slot handed on.
+    ///
+    /// # Errors
+    /// [`RequestError::NotFound`], or [`RequestError::AlreadyFinished`] if it
+    /// ended otherwise.
+    pub fn cancel(&self, id: RequestId) -> Result<(), RequestError> {
+        self.shared().with(|g, now| g.machine.cancel(now, id))
+    }
+
+    /// A snapshot of one request; `None` if no record exists (never submitted, or
+    /// its record is gone).
+    #[must_use]
+    pub fn status(&self, id: RequestId) -> Option<RequestStatus> {
+        self.shared().with(|g, _| g.machine.status(id))
+    }
+
+    /// Gauges and totals (rule 24).
+    #[must_use]
+    pub fn stats(&self) -> Stats {
+        self.shared().with(|g, _| g.machine.stats())
+    }
+
+    /// Tasks spawned and finished so far (preparations, upstreams and the timer).
+    #[must_use]
+    pub fn tasks(&self) -> TaskCounts {
+        self.shared().tasks.counts()
+    }
+
+    /// Tasks still running; `0` after [`Manager::shutdown`] returned.
+    #[must_use]
+    pub fn tasks_running(&self) -> u64 {
+        self.tasks().running()
+    }
+
+    /// The time on the manager's clock: nanoseconds since it started.
+    #[must_use]
+    pub fn now(&self) -> Time {
+        self.shared().runtime.now()
+    }
+
+    /// Checks the machine's invariants (SPEC.md) in O(n). For tests and diagnostics.
+    ///
+    /// # Errors
+    /// The first invariant that does not hold (a bug in flightdeck).
+    pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
+        self.shared().with(|g, _| g.machine.check_invariants())
+    }
+
+    /// Shuts down gracefully: stops admission (later submits get
+    /// [`SubmitError::ShuttingDown`]), ends every live request with
+    /// [`Failure::Shutdown`](crate::Failure::Shutdown) (readers read it as their
+    /// last item), aborts all running work, stops the timer, and waits until every
+    /// task the manager spawned has finished. Idempotent.
+    ///
+    /// Records of ended requests stay readable; with the timer stopped, they are
+    /// dropped when their stream is, or with the manager.
+    pub async fn shutdown(&self) {
+        self.shared().close();
+        self.shared().tasks.all_finished().await;
+    }
+}
