@@ -429,6 +429,90 @@ async fn flightdeck_run<R: Rt>(rt: R) -> Tally {
     t
 }
 
+// ----- flightdeck through the runtime adapters ---------------------------------------
+
+async fn adapter_prepare(
+    _: (),
+) -> Result<flightdeck_tokio::Preparation<()>, std::convert::Infallible> {
+    Ok(flightdeck_tokio::Preparation::cacheable(()))
+}
+
+async fn adapter_upstream(
+    _: (),
+) -> Result<
+    impl Stream<Item = Result<Bytes, std::convert::Infallible>> + Send,
+    std::convert::Infallible,
+> {
+    Ok(futures_lite::stream::iter(
+        (0..CHUNKS).map(|_| Ok(Bytes::from_static(CHUNK))),
+    ))
+}
+
+async fn adapter_client(mut s: flightdeck_tokio::ResultStream) -> Tally {
+    let mut t = Tally::default();
+    while let Some(item) = s.next_item().await {
+        match item {
+            Item::Chunk(_) => t.chunks += 1,
+            Item::End(Outcome::Completed) => t.completed += 1,
+            Item::End(_) => {}
+        }
+    }
+    t
+}
+
+/// One full run through `flightdeck-tokio` (or `flightdeck-smol`: `spawn` decides).
+async fn adapter_run<R: Rt>(
+    rt: R,
+    submit: Arc<dyn Fn(Key) -> flightdeck_tokio::ResultStream + Send + Sync>,
+) -> Tally {
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let (done_tx, done_rx) = smol::channel::bounded::<()>(1);
+    let left = Arc::new(AtomicU64::new(REQUESTS as u64));
+    for i in 0..REQUESTS {
+        let submit = submit.clone();
+        let tally = tally.clone();
+        let left = left.clone();
+        let done = done_tx.clone();
+        R::forget(rt.spawn(Box::pin(async move {
+            let s = submit(Key::from((i % KEYS) as u64));
+            let t = adapter_client(s).await;
+            tally.lock().expect("lock").add(t);
+            if left.fetch_sub(1, Ordering::AcqRel) == 1 {
+                let _ = done.try_send(());
+            }
+        })));
+    }
+    let _ = done_rx.recv().await;
+    let t = *tally.lock().expect("lock");
+    t
+}
+
+fn tokio_adapter(
+    rt: &tokio::runtime::Runtime,
+) -> Arc<dyn Fn(Key) -> flightdeck_tokio::ResultStream + Send + Sync> {
+    let m: flightdeck_tokio::Manager<()> = flightdeck_tokio::Manager::with_runtime(
+        flightdeck_tokio::TokioRuntime::with_handle(rt.handle().clone()),
+        e2e_config(),
+        adapter_prepare,
+        adapter_upstream,
+    )
+    .expect("valid config");
+    Arc::new(move |k| m.submit_and_stream(k, ()).expect("submit"))
+}
+
+fn smol_adapter(
+    ex: &Arc<smol::Executor<'static>>,
+) -> Arc<dyn Fn(Key) -> flightdeck_tokio::ResultStream + Send + Sync> {
+    let m: flightdeck_smol::Manager<()> = flightdeck_smol::Manager::with_runtime(
+        flightdeck_smol::SmolRuntime::with_executor(ex.clone()),
+        e2e_config(),
+        adapter_prepare,
+        adapter_upstream,
+    )
+    .expect("valid config");
+    Arc::new(move |k| m.submit_and_stream(k, ()).expect("submit"))
+}
+
 // ----- baseline: semaphores + Mutex<HashMap<key, broadcast::Sender>> ----------------
 
 #[derive(Clone, Debug)]
@@ -621,6 +705,26 @@ fn bench_e2e(c: &mut Criterion) {
         || pool.block_on(baseline_run(srt.clone())),
     );
 
+    // The runtime adapters (a fresh manager per run, like the in-bench driver).
+    let t = rt.block_on(adapter_run(trt.clone(), tokio_adapter(&rt)));
+    report("flightdeck-tokio adapter", t);
+    check_flightdeck(t);
+    let t = pool.block_on(adapter_run(srt.clone(), smol_adapter(&pool.ex)));
+    report("flightdeck-smol adapter", t);
+    check_flightdeck(t);
+    interleaved(
+        "tokio, flightdeck-tokio adapter",
+        30,
+        || rt.block_on(adapter_run(trt.clone(), tokio_adapter(&rt))),
+        || rt.block_on(baseline_run(trt.clone())),
+    );
+    interleaved(
+        "smol, flightdeck-smol adapter",
+        30,
+        || pool.block_on(adapter_run(srt.clone(), smol_adapter(&pool.ex))),
+        || pool.block_on(baseline_run(srt.clone())),
+    );
+
     BATCH_READY_CHUNKS.store(true, Ordering::Relaxed);
     interleaved(
         "tokio, driver batching ready chunks",
@@ -766,6 +870,51 @@ async fn chunk_to_reader<R: Rt>(rt: R) -> Vec<Duration> {
     samples
 }
 
+/// Cancel-to-reuse through `flightdeck-tokio` (stream limit 1): the upstream
+/// future records `Instant::now()` when first polled.
+async fn adapter_cancel_to_reuse(handle: tokio::runtime::Handle) -> Vec<Duration> {
+    let (tx, rx) = smol::channel::unbounded::<(u64, Instant)>();
+    let upstream = move |k: u64| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.try_send((k, Instant::now()));
+            Ok::<_, std::convert::Infallible>(futures_lite::stream::pending::<
+                Result<Bytes, std::convert::Infallible>,
+            >())
+        }
+    };
+    let prepare = |k: u64| async move {
+        Ok::<_, std::convert::Infallible>(flightdeck_tokio::Preparation::cacheable(k))
+    };
+    let config = Config {
+        max_concurrent_streams: 1,
+        ..e2e_config()
+    };
+    let m: flightdeck_tokio::Manager<u64> = flightdeck_tokio::Manager::with_runtime(
+        flightdeck_tokio::TokioRuntime::with_handle(handle),
+        config,
+        prepare,
+        upstream,
+    )
+    .expect("valid config");
+    let mut samples = Vec::with_capacity(LATENCY_SAMPLES);
+    let mut k = 0u64;
+    let mut a = m.submit_and_stream(k, k).expect("submit");
+    rx.recv().await.expect("a started");
+    for _ in 0..LATENCY_SAMPLES {
+        k += 1;
+        let b = m.submit_and_stream(k, k).expect("submit");
+        let t0 = Instant::now();
+        m.cancel(a.id()).expect("cancel");
+        let (started, t1) = rx.recv().await.expect("b started");
+        debug_assert_eq!(started, k);
+        samples.push(t1 - t0);
+        a = b;
+    }
+    m.shutdown().await;
+    samples
+}
+
 fn bench_latency(_c: &mut Criterion) {
     let rt = tokio_runtime();
     let trt = TokioRt(rt.handle().clone());
@@ -779,6 +928,11 @@ fn bench_latency(_c: &mut Criterion) {
     percentiles(
         "latency/tokio cancel-to-reuse (cancel from a runtime task)",
         rt.block_on(rt.spawn(cancel_to_reuse(trt.clone())))
+            .expect("task"),
+    );
+    percentiles(
+        "latency/flightdeck-tokio adapter cancel-to-reuse (cancel from a runtime task)",
+        rt.block_on(rt.spawn(adapter_cancel_to_reuse(rt.handle().clone())))
             .expect("task"),
     );
     percentiles(
