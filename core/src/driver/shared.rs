@@ -346,9 +346,9 @@ impl<P: Send + 'static, R: Runtime> Shared<P, R> {
         cx: &mut Context<'_>,
         out: &mut Vec<Item>,
     ) -> Poll<()> {
-        let mut g = self.lock();
-        match g.machine.read(request, out) {
+        self.with(|g, _| match g.machine.read(request, out) {
             Ok(Readiness::Pending) => {
+                // Stored under the same lock as the read: a wake cannot be missed.
                 match g.wakers.get(&request) {
                     Some(w) if w.will_wake(cx.waker()) => {}
                     _ => {
@@ -358,7 +358,7 @@ impl<P: Send + 'static, R: Runtime> Shared<P, R> {
                 Poll::Pending
             }
             Ok(_) | Err(_) => Poll::Ready(()),
-        }
+        })
     }
 
     /// A result stream was dropped (rule 15).
