@@ -31,6 +31,7 @@ macro_rules! conformance {
 conformance!(
     coalescing,
     late_join_replay,
+    slow_reader_blocks_nobody,
     cache_hit,
     cancel_then_stream,
     cancel_mid_stream,

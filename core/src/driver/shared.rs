@@ -470,11 +470,15 @@ async fn run_stream<P: Send + 'static, R: Runtime>(
             Step::End(result) => Some(result),
         };
         // Report every chunk that is ready already under one lock.
+        let mut full = true;
         while end.is_none() && batch.len() < MAX_BATCH {
             match poll_once(next_step(&mut stream)).await {
                 Some(Step::Chunk(data)) => batch.push(data),
                 Some(Step::End(result)) => end = Some(result),
-                None => break,
+                None => {
+                    full = false;
+                    break;
+                }
             }
         }
         let over = shared.with(|g, now| {
@@ -493,6 +497,10 @@ async fn run_stream<P: Send + 'static, R: Runtime>(
         });
         if over {
             return;
+        }
+        if full {
+            // An upstream that is always ready must not starve the other tasks.
+            futures_lite::future::yield_now().await;
         }
     }
 }

@@ -57,6 +57,30 @@ impl<Q> Preparation<Q> {
 /// });
 /// ```
 ///
+/// Or implement it on a type of your own, with an `async fn`:
+///
+/// ```
+/// # use flightdeck_core::driver::{Preparation, Preparer};
+/// struct Tokenizer {
+///     max_tokens: usize,
+/// }
+///
+/// impl Preparer<String> for Tokenizer {
+///     type Output = Vec<String>;
+///     type Error = String;
+///
+///     async fn prepare(&self, prompt: String) -> Result<Preparation<Vec<String>>, String> {
+///         let tokens: Vec<String> = prompt.split_whitespace().map(str::to_owned).collect();
+///         if tokens.len() > self.max_tokens {
+///             return Err(format!("{} tokens, at most {}", tokens.len(), self.max_tokens));
+///         }
+///         Ok(Preparation::cacheable(tokens))
+///     }
+/// }
+/// # fn check(_: impl Preparer<String>) {}
+/// # check(Tokenizer { max_tokens: 4096 });
+/// ```
+///
 /// An error fails the flight with [`Failure::Preparation`](crate::Failure::Preparation)
 /// (its `Display` text); a panic fails it with
 /// [`Failure::Panicked`](crate::Failure::Panicked) (rule 23). The future may be
