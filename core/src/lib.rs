@@ -87,11 +87,11 @@
 #![forbid(unsafe_code)]
 
 mod action;
-#[cfg(feature = "driver")]
-pub mod driver;
 mod cache;
 mod config;
 mod deadline;
+#[cfg(feature = "driver")]
+pub mod driver;
 mod error;
 mod flight;
 mod id;
