@@ -15,3 +15,8 @@ pub mod model;
 pub mod scenario;
 pub mod trace;
 pub mod world;
+
+/// The usage examples in README.md, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeExamples;
