@@ -1,0 +1,595 @@
+//! The core against the naive reference model (`flightdeck_tests::model`), over
+//! random input sequences.
+//!
+//! Each case draws a small configuration (limits 1-2, a queue of 1-3, a cache of
+//! 0-2 entries, deadlines of 5-60 ms on a 5 ms grid so that they often coincide)
+//! and a sequence of up to 150 ops: submits over three keys (and an empty one),
+//! attach, read, cancel, detach, preparation results, chunks, upstream ends and
+//! failures, late completions for any flight id ever issued, time jumps to the
+//! next deadline or by a few milliseconds (with or without the timer firing),
+//! and an occasional shutdown. Every op is applied to both the core
+//! ([`Machine::handle`]) and the model, and after every step the test demands:
+//!
+//! - the same reply (submission, error, readiness and the items read);
+//! - the same actions, compared with [`normalise_actions`] (everything the
+//!   contract fixes: per-flight order, FIFO slot order, the set of wakes);
+//! - the same status for every request id ever issued (and one beyond), the same
+//!   stats, the same `poll_timeout`;
+//! - `check_invariants()` on the core;
+//! - each reader's items so far are chunks followed by at most one end, and
+//!   nothing after it (rule 19), independently of both.
+//!
+//! At the end every client drops its stream and time runs through every
+//! deadline; both must then be empty (rule 21).
+//!
+//! `CASES` cases per run (printed); failures persist to
+//! `tests/proptest-regressions/model_proptest.txt`, which is committed.
+#![allow(missing_docs)]
+
+use core::time::Duration;
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+use flightdeck_core::{
+    Action, Bytes, Config, Failure, FlightId, Input, Item, Key, Machine, Outcome, Prepared,
+    Readiness, Reply, RequestError, RequestId, RequestState, RequestStatus, Route, StaleFlight,
+    SubmitError, Time, Work,
+};
+use flightdeck_tests::model::{normalise_actions, Model};
+use proptest::prelude::*;
+use proptest::test_runner::{Config as PtConfig, FileFailurePersistence, TestRunner};
+
+/// Cases per run: about 7 s of test time in `cargo test --release` on two shared
+/// cores (the run prints its time and coverage with `--nocapture`).
+const CASES: u32 = 8192;
+/// Ops per case, at most (exclusive).
+const MAX_OPS: usize = 150;
+
+#[derive(Clone, Debug)]
+enum Op {
+    /// Submit key `k0`..`k2`; 3 is the empty key.
+    Submit(u8),
+    Attach(u8),
+    Read(u8),
+    Cancel(u8),
+    Detach(u8),
+    PrepareOk {
+        which: u8,
+        cacheable: bool,
+    },
+    PrepareFail(u8),
+    Chunk {
+        which: u8,
+        len: u8,
+    },
+    UpstreamOk(u8),
+    UpstreamFail(u8),
+    /// A completion of kind `kind % 3` for flight id `flight % (flights + 1)`,
+    /// whatever its phase: mostly stale (rule 16).
+    Late {
+        flight: u8,
+        kind: u8,
+    },
+    NextDeadline,
+    Sleep {
+        ms: u8,
+        fire: bool,
+    },
+    Shutdown,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let idx = any::<u8>;
+    // Weights: enough client and upstream traffic for flights to reach
+    // streaming with readers attached; deadlines and shutdown rarer, since each
+    // ends a lot at once.
+    prop_oneof![
+        30 => (0u8..3).prop_map(Op::Submit),
+        2 => Just(Op::Submit(3)),
+        30 => idx().prop_map(Op::Attach),
+        40 => idx().prop_map(Op::Read),
+        12 => idx().prop_map(Op::Cancel),
+        8 => idx().prop_map(Op::Detach),
+        30 => (idx(), any::<bool>()).prop_map(|(which, cacheable)| Op::PrepareOk { which, cacheable }),
+        3 => idx().prop_map(Op::PrepareFail),
+        40 => (idx(), 0u8..5).prop_map(|(which, len)| Op::Chunk { which, len }),
+        12 => idx().prop_map(Op::UpstreamOk),
+        3 => idx().prop_map(Op::UpstreamFail),
+        8 => (idx(), idx()).prop_map(|(flight, kind)| Op::Late { flight, kind }),
+        8 => Just(Op::NextDeadline),
+        12 => (0u8..25, any::<bool>()).prop_map(|(ms, fire)| Op::Sleep { ms, fire }),
+        1 => Just(Op::Shutdown),
+    ]
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn config() -> impl Strategy<Value = Config> {
+    let t = || (1u64..=12).prop_map(|n| ms(5 * n));
+    (
+        (1usize..=3, 1usize..=2, 1usize..=2, 4u64..=12, 0usize..=2),
+        (t(), t(), t(), t(), t(), t()),
+        (t(), t(), t()),
+    )
+        .prop_map(
+            |(
+                (queue, preps, streams, bytes, cache),
+                (ttl, queue_t, prep_t, slot_t, stream_t, idle_t),
+                (attach_t, cancelled_r, finished_r),
+            )| Config {
+                queue_capacity: queue,
+                max_concurrent_requests: preps,
+                max_concurrent_streams: streams,
+                max_response_bytes: bytes,
+                cache_capacity: cache,
+                cache_ttl: ttl,
+                queue_timeout: queue_t,
+                preparation_timeout: prep_t,
+                stream_slot_timeout: slot_t,
+                stream_timeout: stream_t,
+                idle_timeout: idle_t,
+                attach_timeout: attach_t,
+                cancelled_retention: cancelled_r,
+                finished_retention: finished_r,
+            },
+        )
+}
+
+/// What a driver knows from the actions: which preparations and streams run.
+#[derive(Default)]
+struct Driver {
+    preparing: Vec<FlightId>,
+    streaming: Vec<FlightId>,
+    /// Items each request's reader got so far, by raw id.
+    items: Vec<Vec<Item>>,
+    chunks: u64,
+}
+
+impl Driver {
+    fn observe(&mut self, actions: &[Action]) {
+        for action in actions {
+            match action {
+                Action::StartPreparation { flight, .. } => self.preparing.push(*flight),
+                Action::StartStream { flight } => self.streaming.push(*flight),
+                Action::Abort { flight, work } => match work {
+                    Work::Preparation => self.preparing.retain(|f| f != flight),
+                    _ => self.streaming.retain(|f| f != flight),
+                },
+                Action::FlightEnded { flight } => {
+                    self.preparing.retain(|f| f != flight);
+                    self.streaming.retain(|f| f != flight);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn pick(list: &[FlightId], which: u8) -> Option<FlightId> {
+        (!list.is_empty()).then(|| list[usize::from(which) % list.len()])
+    }
+
+    fn next_chunk(&mut self, len: u8) -> Bytes {
+        self.chunks += 1;
+        // Distinct contents, so a chunk delivered twice or out of order shows.
+        let tag = u8::try_from(self.chunks % 251).unwrap_or(0);
+        Bytes::from(vec![tag; usize::from(len)])
+    }
+}
+
+fn key(k: u8) -> Key {
+    match k {
+        0 => Key::from("k0"),
+        1 => Key::from("k1"),
+        2 => Key::from("k2"),
+        _ => Key::new(Bytes::new()),
+    }
+}
+
+/// Turns an op into an input, using what the driver and the model know. `None`
+/// when the op has nothing to act on (no running preparation, say).
+fn to_input(
+    op: &Op,
+    now: &mut Time,
+    driver: &mut Driver,
+    model: &Model,
+    machine: &Machine,
+) -> Option<Input> {
+    let request = |i: &u8| RequestId::from_raw(u64::from(*i) % (model.requests_submitted() + 1));
+    Some(match op {
+        Op::Submit(k) => Input::Submit { key: key(*k) },
+        Op::Attach(i) => Input::Attach {
+            request: request(i),
+        },
+        Op::Read(i) => Input::Read {
+            request: request(i),
+        },
+        Op::Cancel(i) => Input::Cancel {
+            request: request(i),
+        },
+        Op::Detach(i) => Input::Detach {
+            request: request(i),
+        },
+        Op::PrepareOk { which, cacheable } => {
+            let flight = Driver::pick(&driver.preparing, *which)?;
+            driver.preparing.retain(|f| *f != flight);
+            let result = Ok(if *cacheable {
+                Prepared::CACHEABLE
+            } else {
+                Prepared::UNCACHEABLE
+            });
+            Input::Prepared { flight, result }
+        }
+        Op::PrepareFail(which) => {
+            let flight = Driver::pick(&driver.preparing, *which)?;
+            driver.preparing.retain(|f| *f != flight);
+            let result = Err(Failure::Preparation("no".into()));
+            Input::Prepared { flight, result }
+        }
+        Op::Chunk { which, len } => {
+            let flight = Driver::pick(&driver.streaming, *which)?;
+            Input::Chunk {
+                flight,
+                data: driver.next_chunk(*len),
+            }
+        }
+        Op::UpstreamOk(which) => {
+            let flight = Driver::pick(&driver.streaming, *which)?;
+            driver.streaming.retain(|f| *f != flight);
+            Input::UpstreamEnded {
+                flight,
+                result: Ok(()),
+            }
+        }
+        Op::UpstreamFail(which) => {
+            let flight = Driver::pick(&driver.streaming, *which)?;
+            driver.streaming.retain(|f| *f != flight);
+            let result = Err(Failure::Panicked {
+                work: Work::Stream,
+                message: "boom".into(),
+            });
+            Input::UpstreamEnded { flight, result }
+        }
+        Op::Late { flight, kind } => {
+            let flight = FlightId::from_raw(u64::from(*flight) % (model.flights_created() + 1));
+            match kind % 3 {
+                0 => Input::Prepared {
+                    flight,
+                    result: Ok(Prepared::CACHEABLE),
+                },
+                1 => Input::Chunk {
+                    flight,
+                    data: driver.next_chunk(1),
+                },
+                _ => Input::UpstreamEnded {
+                    flight,
+                    result: Ok(()),
+                },
+            }
+        }
+        Op::NextDeadline => {
+            if let Some(at) = machine.poll_timeout() {
+                *now = (*now).max(at);
+            }
+            Input::Timeout
+        }
+        Op::Sleep { ms: n, fire } => {
+            *now = *now + ms(u64::from(*n));
+            if !fire {
+                // Time passes, but the driver's timer has not run yet: the next
+                // input is stamped later than a deadline nobody handled.
+                return None;
+            }
+            Input::Timeout
+        }
+        Op::Shutdown => Input::Shutdown,
+    })
+}
+
+/// Applies `input` to both and compares everything observable.
+fn step(
+    n: usize,
+    now: Time,
+    input: &Input,
+    machine: &mut Machine,
+    model: &mut Model,
+    driver: &mut Driver,
+    seen: &mut Seen,
+) -> Result<(), TestCaseError> {
+    let before = match input {
+        Input::Attach { request } | Input::Cancel { request } => model.status(*request),
+        _ => None,
+    };
+    let got = machine.handle(now, input.clone());
+    let want = model.handle(now, input.clone());
+    prop_assert_eq!(
+        Some(&got),
+        want.as_ref(),
+        "step {}: reply to {:?} at {}",
+        n,
+        input,
+        now
+    );
+    let mut actions = Vec::new();
+    while let Some(a) = machine.poll_action() {
+        actions.push(a);
+    }
+    let predicted = model.take_actions();
+    prop_assert_eq!(
+        normalise_actions(&actions),
+        normalise_actions(&predicted),
+        "step {}: actions after {:?} at {} (core {:?}, model {:?})",
+        n,
+        input,
+        now,
+        actions,
+        predicted
+    );
+    driver.observe(&actions);
+    note_step(seen, before.as_ref(), &got, &actions);
+    if let Err(violation) = machine.check_invariants() {
+        return Err(TestCaseError::fail(format!("step {n}: {violation}")));
+    }
+    compare_observations(n, machine, model, seen)?;
+    if let (Input::Read { request }, Reply::Read(result, items)) = (input, &got) {
+        check_reader(n, *request, result, items, driver, seen)?;
+    }
+    Ok(())
+}
+
+/// Coverage counters: how often each interesting interaction happened.
+type Seen = BTreeMap<String, u64>;
+
+fn see(seen: &mut Seen, what: &str) {
+    *seen.entry(what.to_owned()).or_default() += 1;
+}
+
+fn note_step(seen: &mut Seen, before: Option<&RequestStatus>, reply: &Reply, actions: &[Action]) {
+    let cancelled_before = before.is_some_and(|s| s.state == RequestState::Cancelled);
+    match reply {
+        Reply::Submit(Ok(s)) => match s.route {
+            Route::Joined(_) => see(seen, "route joined"),
+            Route::Cached => see(seen, "route cached"),
+            _ => see(seen, "route new flight"),
+        },
+        Reply::Submit(Err(SubmitError::QueueFull { .. })) => see(seen, "submit queue full"),
+        Reply::Submit(Err(SubmitError::EmptyKey)) => see(seen, "submit empty key"),
+        Reply::Submit(Err(SubmitError::ShuttingDown)) => see(seen, "submit shutting down"),
+        Reply::Request(Ok(())) if cancelled_before => {
+            // An attach or a cancel on a record that was already cancelled.
+            see(seen, "attach to a cancelled record or cancel again");
+        }
+        Reply::Request(Err(RequestError::AlreadyFinished(_))) => see(seen, "cancel finished"),
+        Reply::Flight(Err(StaleFlight)) => see(seen, "late completion refused"),
+        _ => {}
+    }
+    for action in actions {
+        match action {
+            Action::Abort {
+                work: Work::Preparation,
+                ..
+            } => see(seen, "abort preparation"),
+            Action::Abort { .. } => see(seen, "abort stream"),
+            Action::Wake { .. } => see(seen, "wake"),
+            _ => {}
+        }
+    }
+}
+
+fn compare_observations(
+    n: usize,
+    machine: &Machine,
+    model: &Model,
+    seen: &mut Seen,
+) -> Result<(), TestCaseError> {
+    prop_assert_eq!(machine.stats(), model.stats(), "step {}: stats", n);
+    prop_assert_eq!(
+        machine.poll_timeout(),
+        model.poll_timeout(),
+        "step {}: poll_timeout",
+        n
+    );
+    for raw in 0..=model.requests_submitted() {
+        let id = RequestId::from_raw(raw);
+        let status = machine.status(id);
+        prop_assert_eq!(&status, &model.status(id), "step {}: status of {}", n, id);
+        match status.map(|s| s.state) {
+            Some(RequestState::Done(Outcome::TimedOut(phase))) => {
+                see(seen, &format!("timed out {phase:?}"));
+            }
+            Some(RequestState::Done(Outcome::Failed(Failure::ResponseTooLarge { .. }))) => {
+                see(seen, "response too large");
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Rule 19 on its own, independent of the model: chunks, then one end, then nothing.
+fn check_reader(
+    n: usize,
+    request: RequestId,
+    result: &Result<Readiness, flightdeck_core::RequestError>,
+    items: &[Item],
+    driver: &mut Driver,
+    seen: &mut Seen,
+) -> Result<(), TestCaseError> {
+    let Ok(readiness) = result else {
+        prop_assert!(
+            items.is_empty(),
+            "step {}: a refused read returned items",
+            n
+        );
+        return Ok(());
+    };
+    let slot = usize::try_from(request.raw()).unwrap_or(usize::MAX);
+    if driver.items.len() <= slot {
+        driver.items.resize(slot + 1, Vec::new());
+    }
+    let so_far = &mut driver.items[slot];
+    let ended = matches!(so_far.last(), Some(Item::End(_)));
+    match readiness {
+        Readiness::Closed => {
+            see(seen, "read closed");
+            prop_assert!(
+                ended && items.is_empty(),
+                "step {}: Closed before the end",
+                n
+            );
+        }
+        Readiness::Pending => {
+            see(seen, "read pending");
+            prop_assert!(!ended && items.is_empty(), "step {}: Pending with items", n);
+        }
+        _ => {
+            prop_assert!(!ended, "step {}: {} read after its end", n, request);
+            prop_assert!(!items.is_empty(), "step {}: Ready with nothing", n);
+            let ends = items.iter().filter(|i| matches!(i, Item::End(_))).count();
+            prop_assert!(ends <= 1, "step {}: two ends in one read", n);
+            prop_assert!(
+                ends == 0 || matches!(items.last(), Some(Item::End(_))),
+                "step {}: the end is not last",
+                n
+            );
+            if items.iter().any(|i| matches!(i, Item::Chunk(_))) {
+                see(seen, "read chunks");
+            }
+        }
+    }
+    so_far.extend(items.iter().cloned());
+    let had_chunks = so_far.iter().any(|i| matches!(i, Item::Chunk(_)));
+    // Only the read that returned the end counts, not later `Closed` reads.
+    match items.last().filter(|_| had_chunks) {
+        Some(Item::End(Outcome::Completed)) => see(seen, "end completed after chunks"),
+        Some(Item::End(Outcome::Cancelled)) if items.len() == 1 => {
+            // Cancelled mid-stream: chunks in earlier reads, then only the end.
+            see(seen, "end cancelled after chunks");
+        }
+        Some(Item::End(Outcome::Failed(_))) => see(seen, "end failed after chunks"),
+        _ => {}
+    }
+    Ok(())
+}
+
+fn run(config: Config, ops: &[Op], seen: &mut Seen) -> Result<(), TestCaseError> {
+    let mut machine =
+        Machine::new(config.clone()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let mut model = Model::new(config).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let mut driver = Driver::default();
+    let mut now = Time::ZERO;
+    for (n, op) in ops.iter().enumerate() {
+        let Some(input) = to_input(op, &mut now, &mut driver, &model, &machine) else {
+            compare_observations(n, &machine, &model, seen)?;
+            continue;
+        };
+        step(n, now, &input, &mut machine, &mut model, &mut driver, seen)?;
+    }
+    // Quiescence: every client drops its stream, then time runs out every
+    // deadline (running work is never reported again; its deadlines end it).
+    let mut n = ops.len();
+    for raw in 0..model.requests_submitted() {
+        let request = RequestId::from_raw(raw);
+        if model.status(request).is_some_and(|s| s.attached) {
+            step(
+                n,
+                now,
+                &Input::Detach { request },
+                &mut machine,
+                &mut model,
+                &mut driver,
+                seen,
+            )?;
+            n += 1;
+        }
+    }
+    while let Some(at) = machine.poll_timeout() {
+        now = now.max(at);
+        step(
+            n,
+            now,
+            &Input::Timeout,
+            &mut machine,
+            &mut model,
+            &mut driver,
+            seen,
+        )?;
+        n += 1;
+        prop_assert!(n < ops.len() + 10_000, "deadlines never run out");
+    }
+    prop_assert!(
+        machine.is_empty(),
+        "rule 21: the core holds something at quiescence"
+    );
+    prop_assert!(
+        model.is_empty(),
+        "rule 21: the model holds something at quiescence"
+    );
+    Ok(())
+}
+
+/// Where failures persist (committed): `tests/proptest-regressions/model_proptest.txt`.
+const REGRESSIONS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/proptest-regressions/model_proptest.txt"
+);
+
+/// The interactions a run must have exercised at least once, so that a passing
+/// run means something (a strategy that never reaches a phase proves nothing).
+const MUST_SEE: &[&str] = &[
+    "route joined",
+    "route cached",
+    "submit queue full",
+    "submit empty key",
+    "submit shutting down",
+    "read chunks",
+    "read pending",
+    "read closed",
+    "end completed after chunks",
+    "end cancelled after chunks",
+    "end failed after chunks",
+    "attach to a cancelled record or cancel again",
+    "cancel finished",
+    "late completion refused",
+    "abort preparation",
+    "abort stream",
+    "wake",
+    "timed out Queue",
+    "timed out Preparation",
+    "timed out StreamSlot",
+    "timed out Stream",
+    "timed out Idle",
+    "timed out Attach",
+    "response too large",
+];
+
+#[test]
+fn core_matches_the_reference_model() {
+    let coverage = RefCell::new(BTreeMap::<String, u64>::new());
+    let mut runner = TestRunner::new(PtConfig {
+        cases: CASES,
+        source_file: Some(file!()),
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(REGRESSIONS))),
+        ..PtConfig::default()
+    });
+    let strategy = (config(), prop::collection::vec(op(), 1..MAX_OPS));
+    let started = std::time::Instant::now();
+    let result = runner.run(&strategy, |(config, ops)| {
+        run(config, &ops, &mut coverage.borrow_mut())
+    });
+    if let Err(error) = result {
+        panic!("{error}");
+    }
+    let coverage = coverage.into_inner();
+    println!(
+        "model_proptest: {CASES} cases of up to {MAX_OPS} ops in {:.1?}; coverage {coverage:?}",
+        started.elapsed()
+    );
+    for what in MUST_SEE {
+        assert!(
+            coverage.get(*what).copied().unwrap_or(0) > 0,
+            "the random runs never reached `{what}`: the strategy lost coverage"
+        );
+    }
+}
