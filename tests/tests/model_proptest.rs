@@ -37,7 +37,7 @@ use flightdeck_core::{
 };
 use flightdeck_tests::model::{normalise_actions, Model};
 use proptest::prelude::*;
-use proptest::test_runner::{Config as PtConfig, FileFailurePersistence, TestRunner};
+use proptest::test_runner::{Config as PtConfig, FileFailurePersistence, TestError, TestRunner};
 
 /// Cases per run: about 7 s of test time in `cargo test --release` on two shared
 /// cores (the run prints its time and coverage with `--nocapture`).
@@ -167,7 +167,8 @@ impl Driver {
     }
 
     fn pick(list: &[FlightId], which: u8) -> Option<FlightId> {
-        (!list.is_empty()).then(|| list[usize::from(which) % list.len()])
+        let n = u64::try_from(list.len()).ok()?.checked_sub(1)?;
+        list.get(usize::try_from(index(which, n)).ok()?).copied()
     }
 
     fn next_chunk(&mut self, len: u8) -> Bytes {
@@ -175,6 +176,18 @@ impl Driver {
         // Distinct contents, so a chunk delivered twice or out of order shows.
         let tag = u8::try_from(self.chunks % 251).unwrap_or(0);
         Bytes::from(vec![tag; usize::from(len)])
+    }
+}
+
+/// Index `i` into `0..=max`: `i` itself when it fits, so that proptest shrinks an
+/// index straight to the id it means (removing later ops does not change it),
+/// else wrapped.
+fn index(i: u8, max: u64) -> u64 {
+    let i = u64::from(i);
+    if i <= max {
+        i
+    } else {
+        i % (max + 1)
     }
 }
 
@@ -196,7 +209,8 @@ fn to_input(
     model: &Model,
     machine: &Machine,
 ) -> Option<Input> {
-    let request = |i: &u8| RequestId::from_raw(u64::from(*i) % (model.requests_submitted() + 1));
+    // The raw id, or one past the last issued (not found).
+    let request = |i: &u8| RequestId::from_raw(index(*i, model.requests_submitted()));
     Some(match op {
         Op::Submit(k) => Input::Submit { key: key(*k) },
         Op::Attach(i) => Input::Attach {
@@ -252,7 +266,7 @@ fn to_input(
             Input::UpstreamEnded { flight, result }
         }
         Op::Late { flight, kind } => {
-            let flight = FlightId::from_raw(u64::from(*flight) % (model.flights_created() + 1));
+            let flight = FlightId::from_raw(index(*flight, model.flights_created()));
             match kind % 3 {
                 0 => Input::Prepared {
                     flight,
@@ -302,6 +316,7 @@ fn step(
         _ => None,
     };
     let got = machine.handle(now, input.clone());
+    seen.log.push(format!("{n:>3} @{now} {input:?} => {got:?}"));
     let want = model.handle(now, input.clone());
     prop_assert_eq!(
         Some(&got),
@@ -339,10 +354,16 @@ fn step(
 }
 
 /// Coverage counters: how often each interesting interaction happened.
-type Seen = BTreeMap<String, u64>;
+/// What a run saw: coverage counters, and the inputs applied (for a readable
+/// failure report).
+#[derive(Default)]
+struct Seen {
+    counts: BTreeMap<String, u64>,
+    log: Vec<String>,
+}
 
 fn see(seen: &mut Seen, what: &str) {
-    *seen.entry(what.to_owned()).or_default() += 1;
+    *seen.counts.entry(what.to_owned()).or_default() += 1;
 }
 
 fn note_step(seen: &mut Seen, before: Option<&RequestStatus>, reply: &Reply, actions: &[Action]) {
@@ -474,6 +495,7 @@ fn check_reader(
 }
 
 fn run(config: Config, ops: &[Op], seen: &mut Seen) -> Result<(), TestCaseError> {
+    seen.log.clear();
     let mut machine =
         Machine::new(config.clone()).map_err(|e| TestCaseError::fail(e.to_string()))?;
     let mut model = Model::new(config).map_err(|e| TestCaseError::fail(e.to_string()))?;
@@ -566,7 +588,7 @@ const MUST_SEE: &[&str] = &[
 
 #[test]
 fn core_matches_the_reference_model() {
-    let coverage = RefCell::new(BTreeMap::<String, u64>::new());
+    let coverage = RefCell::new(Seen::default());
     let mut runner = TestRunner::new(PtConfig {
         cases: CASES,
         source_file: Some(file!()),
@@ -579,9 +601,13 @@ fn core_matches_the_reference_model() {
         run(config, &ops, &mut coverage.borrow_mut())
     });
     if let Err(error) = result {
-        panic!("{error}");
+        let report = match &error {
+            TestError::Fail(_, (config, ops)) => minimise(config, ops),
+            TestError::Abort(_) => String::new(),
+        };
+        panic!("{error}\n{report}");
     }
-    let coverage = coverage.into_inner();
+    let coverage = coverage.into_inner().counts;
     println!(
         "model_proptest: {CASES} cases of up to {MAX_OPS} ops in {:.1?}; coverage {coverage:?}",
         started.elapsed()
@@ -592,4 +618,35 @@ fn core_matches_the_reference_model() {
             "the random runs never reached `{what}`: the strategy lost coverage"
         );
     }
+}
+
+/// Proptest's shrinking removes ops and shrinks indices, but cannot remove an op
+/// whose removal renumbers later requests. This greedy pass removes any single op
+/// whose removal keeps the failure, until none can go, and returns a report: the
+/// ops left and the inputs they applied, with the core's replies.
+fn minimise(config: &Config, ops: &[Op]) -> String {
+    let fails = |ops: &[Op]| run(config.clone(), ops, &mut Seen::default()).is_err();
+    let mut ops = ops.to_vec();
+    let mut shrunk = true;
+    while shrunk {
+        shrunk = false;
+        for i in (0..ops.len()).rev() {
+            let mut fewer = ops.clone();
+            fewer.remove(i);
+            if fails(&fewer) {
+                ops = fewer;
+                shrunk = true;
+            }
+        }
+    }
+    let mut seen = Seen::default();
+    let why = match run(config.clone(), &ops, &mut seen) {
+        Err(e) => e.to_string(),
+        Ok(()) => "passes?".into(),
+    };
+    format!(
+        "greedily minimised to {} ops: {ops:?}\nfails with: {why}\ninputs applied (core replies):\n{}",
+        ops.len(),
+        seen.log.join("\n")
+    )
 }
