@@ -10,11 +10,13 @@
 //! no user work is running is also run to quiescence on a copy
 //! ([`World::finish`]), checking rules 7, 13, 14, 19 and 21.
 //!
-//! On a violation the explorer prints the path of ops and saves it as a postcard
+//! On a violation the explorer shrinks the path of ops (drops every op it can
+//! while a violation is still reached), prints it and saves it as a postcard
 //! [`Trace`] under [`std::env::temp_dir`].
 
 use std::collections::HashSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use flightdeck_core::Config;
@@ -51,6 +53,28 @@ impl Bound {
             chunks: 2,
             uncacheable: false,
             reads: false,
+        }
+    }
+
+    /// The reading CI bound: 2 requests over 2 keys, limits 1/1, 2 chunks per
+    /// flight, uncacheable results too, and clients read at every step of the
+    /// exploration, not only at quiescence.
+    ///
+    /// [`Bound::small`] never reads while work runs, so it cannot see what a
+    /// reader that already holds chunks gets when its request is cancelled mid-
+    /// stream (rule 14, the Go "muted messenger"), nor a parked reader that is
+    /// never woken. Reads multiply the state space, so this bound trades the
+    /// third request for them; two requests still cover coalescing, a second
+    /// key, cancel mid-stream with a reader and the slot handover.
+    #[must_use]
+    pub fn small_reading() -> Bound {
+        Bound {
+            config: config(1, 1),
+            requests: 2,
+            keys: 2,
+            chunks: 2,
+            uncacheable: true,
+            reads: true,
         }
     }
 
@@ -107,8 +131,11 @@ pub struct Report {
 /// A violation found by the explorer.
 #[derive(Clone, Debug)]
 pub struct Counterexample {
-    /// The ops from the empty world to the violation.
+    /// The ops from the empty world to the violation, shrunk: no single op can
+    /// be removed with the path still reaching a violation.
     pub path: Vec<Op>,
+    /// Length of the path as the depth-first search first found it.
+    pub found_len: usize,
     /// The violation message.
     pub message: String,
     /// The recorded trace of the path (inputs and actions).
@@ -120,7 +147,12 @@ pub struct Counterexample {
 impl std::fmt::Display for Counterexample {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "VIOLATION: {}", self.message)?;
-        writeln!(f, "path ({} ops):", self.path.len())?;
+        writeln!(
+            f,
+            "path ({} ops, shrunk from {}):",
+            self.path.len(),
+            self.found_len
+        )?;
         for (i, op) in self.path.iter().enumerate() {
             writeln!(f, "  {i:2}: {op:?}")?;
         }
@@ -263,12 +295,58 @@ fn quiescence(world: &World) -> Result<(), String> {
     copy.finish().map_err(|v| format!("at quiescence: {v}"))
 }
 
+/// Replays `path` from the empty world with the explorer's checks (every
+/// transition, and quiescence in every state without running work). Returns the
+/// first violation and the length of the prefix that reached it.
+fn replay(bound: &Bound, path: &[Op]) -> Option<(usize, String)> {
+    let mut world = World::new(bound.config.clone()).expect("the bound's config is valid");
+    if let Err(v) = quiescence(&world) {
+        return Some((0, v));
+    }
+    for (i, op) in path.iter().enumerate() {
+        if let Err(v) = world.apply(op) {
+            return Some((i + 1, v.0));
+        }
+        if let Err(v) = quiescence(&world) {
+            return Some((i + 1, v));
+        }
+    }
+    None
+}
+
+/// Shrinks a violating path: drops ops one at a time (ops pick their targets by
+/// index, so every shorter path is still meaningful) while some violation is
+/// still reached, until no single op can go.
+fn shrink(bound: &Bound, path: &[Op], message: &str) -> (Vec<Op>, String) {
+    let mut best = path.to_vec();
+    let mut msg = message.to_owned();
+    let mut i = 0;
+    while i < best.len() {
+        let mut candidate = best.clone();
+        candidate.remove(i);
+        match replay(bound, &candidate) {
+            Some((len, v)) => {
+                candidate.truncate(len);
+                best = candidate;
+                msg = v;
+                i = 0;
+            }
+            None => i += 1,
+        }
+    }
+    (best, msg)
+}
+
+static SAVED: AtomicUsize = AtomicUsize::new(0);
+
 fn counterexample(bound: &Bound, path: &[Op], message: &str) -> Box<Counterexample> {
+    let found_len = path.len();
+    let (path, message) = shrink(bound, path, message);
     // Re-run the path in a recording world to get the inputs and actions.
     let mut world = World::new(bound.config.clone())
         .expect("the bound's config is valid")
         .recording();
-    for op in path {
+    for op in &path {
         if world.apply(op).is_err() {
             break;
         }
@@ -278,13 +356,15 @@ fn counterexample(bound: &Bound, path: &[Op], message: &str) -> Box<Counterexamp
     }
     let trace = Trace::from_world(&world);
     let file = std::env::temp_dir().join(format!(
-        "flightdeck-counterexample-{}.trace",
-        std::process::id()
+        "flightdeck-counterexample-{}-{}.trace",
+        std::process::id(),
+        SAVED.fetch_add(1, Ordering::Relaxed)
     ));
     let saved = trace.save(&file).ok().map(|()| file);
     let cx = Box::new(Counterexample {
-        path: path.to_vec(),
-        message: message.to_owned(),
+        path,
+        found_len,
+        message,
         trace,
         saved,
     });

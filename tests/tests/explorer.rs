@@ -1,7 +1,10 @@
-//! The exhaustive explorer over the CI bound (and a larger one on demand).
+//! The exhaustive explorer over the CI bounds (and a larger one on demand).
 //!
-//! `FLIGHTDECK_EXPLORE=large` switches the main test to the larger bound; the
-//! `#[ignore]`d test always runs the larger one.
+//! Two CI explorations: [`Bound::small`] (three requests, clients read only at
+//! quiescence) and [`Bound::small_reading`] (two requests, clients read at every
+//! step, which is what it takes to see a reader cancelled mid-stream: the Go
+//! "muted messenger"). `FLIGHTDECK_EXPLORE=large` switches the first test to the
+//! larger bound; the `#[ignore]`d test always runs the larger one.
 
 use flightdeck_tests::explore::{explore, Bound};
 
@@ -29,6 +32,16 @@ fn every_interleaving_of_the_ci_bound_keeps_every_invariant() {
     } else {
         Bound::small()
     });
+}
+
+/// Rules 7, 14, 19: with reads interleaved everywhere, every reader (including
+/// one cancelled while it holds chunks or waits parked) gets its chunks once, in
+/// order, then exactly one terminal item.
+#[test]
+fn every_interleaving_with_reads_keeps_every_invariant() {
+    let bound = Bound::small_reading();
+    assert!(bound.reads, "this bound exists to explore reads");
+    run(&bound);
 }
 
 #[test]
