@@ -10,8 +10,9 @@
 //! no user work is running is also run to quiescence on a copy
 //! ([`World::finish`]), checking rules 7, 13, 14, 19 and 21.
 //!
-//! On a violation the explorer shrinks the path of ops (drops every op it can
-//! while a violation is still reached), prints it and saves it as a postcard
+//! On a violation the explorer shrinks the path of ops (drops every op and pair
+//! of ops it can, and lowers indices, while a violation is still reached),
+//! prints it and saves it as a postcard
 //! [`Trace`] under [`std::env::temp_dir`].
 
 use std::collections::HashSet;
@@ -131,8 +132,9 @@ pub struct Report {
 /// A violation found by the explorer.
 #[derive(Clone, Debug)]
 pub struct Counterexample {
-    /// The ops from the empty world to the violation, shrunk: no single op can
-    /// be removed with the path still reaching a violation.
+    /// The ops from the empty world to the violation, shrunk: no single op and
+    /// no pair of ops can be removed, and no index lowered, with the path still
+    /// reaching a violation.
     pub path: Vec<Op>,
     /// Length of the path as the depth-first search first found it.
     pub found_len: usize,
@@ -314,27 +316,80 @@ fn replay(bound: &Bound, path: &[Op]) -> Option<(usize, String)> {
     None
 }
 
-/// Shrinks a violating path: drops ops one at a time (ops pick their targets by
-/// index, so every shorter path is still meaningful) while some violation is
-/// still reached, until no single op can go.
+/// Shrinks a violating path while some violation is still reached: drops
+/// single ops, then pairs of ops (ops pick their targets by index, so a submit
+/// often only goes together with an op naming its client), then lowers the
+/// indices ops carry; repeats until none of these finds a shorter or simpler
+/// path.
 fn shrink(bound: &Bound, path: &[Op], message: &str) -> (Vec<Op>, String) {
     let mut best = path.to_vec();
     let mut msg = message.to_owned();
-    let mut i = 0;
-    while i < best.len() {
-        let mut candidate = best.clone();
-        candidate.remove(i);
-        match replay(bound, &candidate) {
-            Some((len, v)) => {
-                candidate.truncate(len);
-                best = candidate;
-                msg = v;
-                i = 0;
-            }
-            None => i += 1,
+    let attempt = |candidate: Vec<Op>, best: &mut Vec<Op>, msg: &mut String| match replay(
+        bound, &candidate,
+    ) {
+        Some((len, v)) => {
+            *best = candidate;
+            best.truncate(len);
+            *msg = v;
+            true
         }
+        None => false,
+    };
+    'again: loop {
+        for i in 0..best.len() {
+            let mut candidate = best.clone();
+            candidate.remove(i);
+            if attempt(candidate, &mut best, &mut msg) {
+                continue 'again;
+            }
+        }
+        for i in 0..best.len() {
+            for j in i + 1..best.len() {
+                let mut candidate = best.clone();
+                candidate.remove(j);
+                candidate.remove(i);
+                if attempt(candidate, &mut best, &mut msg) {
+                    continue 'again;
+                }
+            }
+        }
+        for i in 0..best.len() {
+            for op in lower(&best[i]) {
+                let mut candidate = best.clone();
+                candidate[i] = op;
+                if attempt(candidate, &mut best, &mut msg) {
+                    continue 'again;
+                }
+            }
+        }
+        break;
     }
     (best, msg)
+}
+
+/// The same op with each smaller index (the simpler variants tried first).
+fn lower(op: &Op) -> Vec<Op> {
+    let below = |n: u8| 0..n;
+    match *op {
+        Op::Submit { key } => below(key).map(|key| Op::Submit { key }).collect(),
+        Op::Attach(n) => below(n).map(Op::Attach).collect(),
+        Op::Read(n) => below(n).map(Op::Read).collect(),
+        Op::Cancel(n) => below(n).map(Op::Cancel).collect(),
+        Op::Detach(n) => below(n).map(Op::Detach).collect(),
+        Op::PrepareOk { which, cacheable } => below(which)
+            .map(|which| Op::PrepareOk { which, cacheable })
+            .chain((!cacheable).then_some(Op::PrepareOk {
+                which,
+                cacheable: true,
+            }))
+            .collect(),
+        Op::PrepareFail(n) => below(n).map(Op::PrepareFail).collect(),
+        Op::Chunk(n) => below(n).map(Op::Chunk).collect(),
+        Op::UpstreamOk(n) => below(n).map(Op::UpstreamOk).collect(),
+        Op::UpstreamFail(n) => below(n).map(Op::UpstreamFail).collect(),
+        Op::Late(n) => below(n).map(Op::Late).collect(),
+        Op::NextDeadline | Op::Sleep(_) => Vec::new(),
+    }
 }
 
 static SAVED: AtomicUsize = AtomicUsize::new(0);
