@@ -1,7 +1,7 @@
 //! Benchmarks of the pure core (issue 5). See BENCHMARKS.md for results.
 //!
 //! - `mixed`: inputs per second on a realistic mix of every input kind;
-//! - `fanout/N`: one chunk reaching N parked readers (chunk + N wakes + reads);
+//! - `fanout/N`: one chunk reaching N parked readers (chunk + N wakes + N reads);
 //! - `cache_hit`: submit, attach, read to the end, detach for a cached key;
 //! - `deadlines_1m`: arm/disarm and timeout handling with ~2,000,000 pending
 //!   deadlines (1,000,000 queued requests, each with its own flight);
@@ -280,14 +280,13 @@ fn fanout_setup(n: usize) -> (Machine, FlightId, Vec<RequestId>) {
     (m, flight.expect("stream started"), readers)
 }
 
-/// One chunk, then what a driver does for each reader: take its `Wake`, read
-/// (gets the chunk), read again (pending: parks for the next chunk).
+/// One chunk, then what a driver does for each reader: take its `Wake` and read
+/// (gets the chunk; the read leaves the reader parked for the next chunk).
 fn fanout_once(m: &mut Machine, f: FlightId, now: Time, chunk: &Bytes, out: &mut Vec<Item>) {
     m.handle_chunk(now, f, chunk.clone()).expect("streaming");
     while let Some(a) = m.poll_action() {
         if let Action::Wake { request } = a {
             out.clear();
-            let _ = m.read(request, out);
             let _ = m.read(request, out);
         }
     }
@@ -386,7 +385,8 @@ fn bench_cache_hit(c: &mut Criterion) {
 const MILLION: usize = 1_000_000;
 
 /// 1,000,000 distinct keys submitted 1 us apart, unattached: 1,000,000 queued
-/// flights and requests, so ~2,000,000 pending deadlines (queue + attach).
+/// flights and requests, so ~2,000,000 pending deadlines (1,000,000 attach
+/// deadlines armed, 1,000,000 queue deadlines implied by the queue's order).
 fn million_queued() -> Machine {
     let mut m = Machine::new(big_config(MILLION)).expect("valid config");
     for i in 0..MILLION {

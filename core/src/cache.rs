@@ -10,6 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::deadline::{Deadlines, Timer};
+use crate::request::Ending;
 use crate::{Key, Time};
 
 /// A completed response, shared between the cache and the records that read it.
@@ -17,7 +18,8 @@ pub(crate) type Log = Arc<Vec<Bytes>>;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Entry {
-    log: Log,
+    /// The completed ending members of a cache hit share.
+    ending: Arc<Ending>,
     seq: u64,
     expires: Option<Time>,
 }
@@ -30,22 +32,22 @@ pub(crate) struct Cache {
 }
 
 impl Cache {
-    pub(crate) fn get(&self, key: &Key) -> Option<&Log> {
-        self.entries.get(key).map(|e| &e.log)
+    pub(crate) fn get(&self, key: &Key) -> Option<&Arc<Ending>> {
+        self.entries.get(key).map(|e| &e.ending)
     }
 
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
 
-    /// Stores `log` under `key` until `expires`, evicting the oldest entry when
+    /// Stores `ending` (a completed one) under `key` until `expires`, evicting the oldest entry when
     /// `capacity` is reached. A capacity of zero stores nothing.
     pub(crate) fn insert(
         &mut self,
         deadlines: &mut Deadlines,
         capacity: usize,
         key: Key,
-        log: Log,
+        ending: Arc<Ending>,
         expires: Time,
     ) {
         if capacity == 0 {
@@ -62,7 +64,7 @@ impl Cache {
         let seq = self.next_seq;
         self.next_seq += 1;
         let mut entry = Entry {
-            log,
+            ending,
             seq,
             expires: None,
         };

@@ -12,7 +12,7 @@
 //! (`poll_timeout`, `handle_timeout`), then outputs (`poll_action`) and
 //! observation (`status`, `stats`).
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -20,7 +20,9 @@ use bytes::Bytes;
 use crate::cache::{Cache, Log};
 use crate::deadline::{Deadlines, Timer};
 use crate::flight::{Flight, FlightPhase};
-use crate::request::{Life, Reader, Request};
+use crate::idmap::IdMap;
+use crate::live::LiveKeys;
+use crate::request::{Ending, Life, Reader, Request};
 use crate::{
     Action, Config, ConfigError, Failure, FlightId, Input, Item, Key, Outcome, Phase, Prepared,
     Readiness, Reply, RequestError, RequestId, RequestState, RequestStatus, Route, StaleFlight,
@@ -38,10 +40,12 @@ pub struct Machine {
     next_request: u64,
     next_flight: u64,
     next_ready_seq: u64,
-    requests: BTreeMap<RequestId, Request>,
-    flights: BTreeMap<FlightId, Flight>,
+    requests: IdMap<RequestId, Request>,
+    /// Boxed: a flight is large and most are looked up rarely, so the dense
+    /// window stays small (8 bytes per id).
+    flights: IdMap<FlightId, Box<Flight>>,
     /// The live flight of each key (rule 2: at most one).
-    live: BTreeMap<Key, FlightId>,
+    live: LiveKeys,
     /// The admission queue, FIFO: flight ids grow with creation order.
     queue: BTreeSet<FlightId>,
     /// Prepared flights with a client attached, FIFO by preparation order (rule 6).
@@ -84,9 +88,9 @@ impl Machine {
             next_request: 0,
             next_flight: 0,
             next_ready_seq: 0,
-            requests: BTreeMap::new(),
-            flights: BTreeMap::new(),
-            live: BTreeMap::new(),
+            requests: IdMap::default(),
+            flights: IdMap::default(),
+            live: LiveKeys::default(),
             queue: BTreeSet::new(),
             ready: BTreeSet::new(),
             preparing: 0,
@@ -135,7 +139,7 @@ impl Machine {
         if key.is_empty() {
             return Err(SubmitError::EmptyKey);
         }
-        let joining = self.live.get(&key).copied();
+        let joining = self.live.get(&key, &self.flights);
         let cached = match joining {
             Some(_) => None,
             None => self.cache.get(&key).cloned(),
@@ -155,14 +159,11 @@ impl Machine {
                 self.insert_member(now, id, flight);
                 Route::Joined(flight)
             }
-            (None, Some(log)) => {
+            (None, Some(ending)) => {
                 self.totals.cache_hits += 1;
                 self.totals.completed += 1;
                 let mut request = Request {
-                    life: Life::Ended {
-                        outcome: Outcome::Completed,
-                        log: Some(log),
-                    },
+                    life: Life::Ended(ending),
                     reader: None,
                     deadline: None,
                 };
@@ -176,12 +177,11 @@ impl Machine {
                 let flight = FlightId::from_raw(self.next_flight);
                 self.next_flight += 1;
                 self.totals.flights += 1;
-                let mut f = Flight::new(key.clone());
-                let until = now + self.config.queue_timeout;
-                self.deadlines
-                    .arm(&mut f.deadline, until, Timer::Flight(flight));
-                self.flights.insert(flight, f);
-                self.live.insert(key, flight);
+                // A queued flight's deadline is implied by the queue, not armed:
+                // see `next_queue_expiry`.
+                let f = Flight::new(key, now + self.config.queue_timeout);
+                self.live.insert(&f.key, flight);
+                self.flights.insert(flight, Box::new(f));
                 self.queue.insert(flight);
                 self.insert_member(now, id, flight);
                 Route::NewFlight(flight)
@@ -249,8 +249,15 @@ impl Machine {
     /// it to `out`: chunks, then (once the request has ended) exactly one
     /// [`Item::End`] (rule 19). Chunks are shared, not copied.
     ///
-    /// [`Readiness::Pending`] means nothing was available; the machine will emit
-    /// [`Action::Wake`] for this request as soon as something is.
+    /// A read of a live request leaves its reader **parked**: whether it returned
+    /// chunks ([`Readiness::Ready`]) or found nothing ([`Readiness::Pending`]),
+    /// the machine emits one [`Action::Wake`] for this request as soon as more is
+    /// available (a chunk, or the end). So a driver reads again only after a
+    /// `Wake`: a reader that keeps up costs one `read` per wake. A read that
+    /// returns the terminal item (or [`Readiness::Closed`]) is never followed by
+    /// a wake.
+    ///
+    /// A read never queues an action.
     ///
     /// # Errors
     /// [`RequestError::NotFound`] or [`RequestError::NotAttached`]; nothing changes.
@@ -269,29 +276,38 @@ impl Machine {
                 let Some(flight) = self.flights.get_mut(fid) else {
                     return Ok(Readiness::Pending);
                 };
-                let from = reader.cursor.min(flight.log.len());
-                if from < flight.log.len() {
-                    out.extend(flight.log[from..].iter().cloned().map(Item::Chunk));
-                    reader.cursor = flight.log.len();
+                // Either way the reader has everything so far: park it, so the
+                // next chunk (or the end) wakes it without a second read.
+                if !reader.parked {
+                    reader.parked = true;
+                    flight.tail_mut().parked.push(request);
+                }
+                let log = &flight.tail().log;
+                let len = log.len();
+                let from = reader.cursor.min(len);
+                if from < len {
+                    if from + 1 == len {
+                        // The usual case for a reader that keeps up: one new chunk.
+                        out.push(Item::Chunk(log[from].clone()));
+                    } else {
+                        out.extend(log[from..].iter().cloned().map(Item::Chunk));
+                    }
+                    reader.cursor = len;
                     Ok(Readiness::Ready)
                 } else {
-                    if !reader.parked {
-                        reader.parked = true;
-                        flight.parked.push(request);
-                    }
                     Ok(Readiness::Pending)
                 }
             }
-            Life::Ended { outcome, log } => {
+            Life::Ended(ending) => {
                 if reader.finished {
                     return Ok(Readiness::Closed);
                 }
-                if let Some(log) = log {
+                if let Some(log) = &ending.log {
                     let from = reader.cursor.min(log.len());
                     out.extend(log[from..].iter().cloned().map(Item::Chunk));
                     reader.cursor = log.len();
                 }
-                out.push(Item::End(outcome.clone()));
+                out.push(Item::End(ending.outcome.clone()));
                 reader.finished = true;
                 reader.parked = false;
                 Ok(Readiness::Ready)
@@ -313,12 +329,9 @@ impl Machine {
     pub fn cancel(&mut self, now: Time, request: RequestId) -> Result<(), RequestError> {
         match self.requests.get(&request).map(|r| &r.life) {
             None => return Err(RequestError::NotFound),
-            Some(Life::Ended {
-                outcome: Outcome::Cancelled,
-                ..
-            }) => return Ok(()),
-            Some(Life::Ended { outcome, .. }) => {
-                return Err(RequestError::AlreadyFinished(outcome.clone()))
+            Some(Life::Ended(ending)) if ending.outcome == Outcome::Cancelled => return Ok(()),
+            Some(Life::Ended(ending)) => {
+                return Err(RequestError::AlreadyFinished(ending.outcome.clone()))
             }
             Some(Life::Live(_)) => {}
         }
@@ -386,7 +399,7 @@ impl Machine {
                         seq,
                     };
                     self.deadlines
-                        .arm(&mut f.deadline, until, Timer::Flight(flight));
+                        .move_to(&mut f.deadline, until, Timer::Flight(flight));
                     if f.attached > 0 {
                         self.ready.insert((seq, flight));
                     }
@@ -419,26 +432,27 @@ impl Machine {
             return Err(StaleFlight);
         };
         let size = data.len() as u64;
-        if f.bytes.saturating_add(size) > limit {
+        if f.tail().bytes.saturating_add(size) > limit {
             let failure = Failure::ResponseTooLarge { limit };
             self.end_flight(now, flight, &Outcome::Failed(failure), true);
             self.pump(now);
             return Ok(());
         }
-        f.bytes += size;
-        f.log.push(data);
         if let FlightPhase::Streaming { ends_by, .. } = f.phase {
-            self.deadlines.arm(
+            self.deadlines.move_to(
                 &mut f.deadline,
                 ends_by.min(now + idle),
                 Timer::Flight(flight),
             );
         }
-        for id in f.parked.drain(..) {
+        let tail = f.tail_mut();
+        tail.bytes += size;
+        tail.log.push(data);
+        for id in tail.parked.drain(..) {
             let Some(req) = self.requests.get_mut(&id) else {
                 continue;
             };
-            if req.life != Life::Live(flight) {
+            if !matches!(req.life, Life::Live(f) if f == flight) {
                 continue;
             }
             if let Some(reader) = req.reader.as_mut().filter(|r| r.parked) {
@@ -491,14 +505,46 @@ impl Machine {
     /// [`Machine::handle_timeout`]. `None` when nothing can expire.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Time> {
-        self.deadlines.next()
+        let armed = self.deadlines.next();
+        match (armed, self.next_queue_expiry()) {
+            (Some(a), Some((q, _))) => Some(a.min(q)),
+            (a, q) => a.or(q.map(|(at, _)| at)),
+        }
+    }
+
+    /// The queue deadline of the flight at the head of the queue.
+    ///
+    /// Queue deadlines are not armed in [`Deadlines`]: every flight is queued at
+    /// creation with `now + queue_timeout`, time never runs backwards and flight
+    /// ids grow with creation, so along the queue (in id order) the deadlines
+    /// never decrease and the head's is the earliest. That saves one deadline
+    /// entry per queued flight; handling order is unchanged (the head competes
+    /// with the armed deadlines as `(time, Timer::Flight(id))`, as if armed).
+    fn next_queue_expiry(&self) -> Option<(Time, FlightId)> {
+        let fid = *self.queue.first()?;
+        let at = self.flights.get(&fid)?.deadline;
+        Some((at, fid))
+    }
+
+    /// The earliest deadline due at `now`, armed or implied by the queue, removed
+    /// from [`Deadlines`] if it was armed there.
+    fn pop_due(&mut self, now: Time) -> Option<Timer> {
+        let queued = self
+            .next_queue_expiry()
+            .filter(|(at, _)| *at <= now)
+            .map(|(at, fid)| (at, Timer::Flight(fid)));
+        match (self.deadlines.peek_due(now), queued) {
+            (Some(armed), Some(queued)) if queued < armed => Some(queued.1),
+            (Some(_), _) => self.deadlines.pop_due(now),
+            (None, queued) => queued.map(|(_, timer)| timer),
+        }
     }
 
     /// Handles every deadline due at `now` (rule 17). Each costs O(log n) (rule 18).
     /// Calling it again at the same time does nothing (idempotent).
     pub fn handle_timeout(&mut self, now: Time) {
         let now = self.advance(now);
-        while let Some(timer) = self.deadlines.pop_due(now) {
+        while let Some(timer) = self.pop_due(now) {
             match timer {
                 Timer::Flight(flight) => self.flight_expired(now, flight),
                 Timer::Request(request) => self.request_expired(now, request),
@@ -514,7 +560,7 @@ impl Machine {
         };
         // Popped already. Name the phase from when the deadline was due, not from
         // `now`: a driver that wakes late must still see an idle expiry as idle.
-        let due = f.deadline.take().unwrap_or(now);
+        let due = f.deadline;
         let (phase, abort) = match f.phase {
             FlightPhase::Queued => (Phase::Queue, false),
             FlightPhase::Preparing => (Phase::Preparation, true),
@@ -532,7 +578,7 @@ impl Machine {
         req.deadline = None; // popped already
         match req.life {
             Life::Live(_) => self.end_member(now, request, Outcome::TimedOut(Phase::Attach)),
-            Life::Ended { .. } => {
+            Life::Ended(_) => {
                 self.requests.remove(&request);
             }
         }
@@ -544,7 +590,7 @@ impl Machine {
     pub fn shutdown(&mut self, now: Time) {
         let now = self.advance(now);
         self.shutting_down = true;
-        let flights: Vec<FlightId> = self.flights.keys().copied().collect();
+        let flights: Vec<FlightId> = self.flights.keys().collect();
         for flight in flights {
             self.end_flight(now, flight, &Outcome::Failed(Failure::Shutdown), true);
         }
@@ -620,8 +666,8 @@ impl Machine {
                     attached,
                 }
             }
-            Life::Ended { outcome, .. } => {
-                let state = match outcome {
+            Life::Ended(ending) => {
+                let state = match &ending.outcome {
                     Outcome::Cancelled => RequestState::Cancelled,
                     other => RequestState::Done(other.clone()),
                 };
@@ -652,7 +698,7 @@ impl Machine {
             stream_slots_in_use: self.streaming,
             readers: self.readers,
             cache_entries: self.cache.len(),
-            deadlines: self.deadlines.len(),
+            deadlines: self.deadlines.len() + self.queue.len(),
             totals: self.totals,
         }
     }
@@ -678,13 +724,13 @@ impl Machine {
     /// The flights currently live, with their keys, in id order. For harnesses
     /// and diagnostics.
     pub fn live_flights(&self) -> impl Iterator<Item = (FlightId, &Key)> + '_ {
-        self.flights.iter().map(|(id, f)| (*id, &f.key))
+        self.flights.iter().map(|(id, f)| (id, &f.key))
     }
 
     /// The ids of all request records held, in id order. For harnesses and
     /// diagnostics.
     pub fn request_ids(&self) -> impl Iterator<Item = RequestId> + '_ {
-        self.requests.keys().copied()
+        self.requests.keys()
     }
 
     // ----- internals ----------------------------------------------------------
@@ -701,8 +747,9 @@ impl Machine {
             };
             f.phase = FlightPhase::Preparing;
             let until = now + self.config.preparation_timeout;
+            // The queue deadline was implied, not armed.
             self.deadlines
-                .arm(&mut f.deadline, until, Timer::Flight(fid));
+                .arm_new(&mut f.deadline, until, Timer::Flight(fid));
             self.preparing += 1;
             self.totals.preparations_started += 1;
             self.actions.push_back(Action::StartPreparation {
@@ -724,7 +771,7 @@ impl Machine {
             f.phase = FlightPhase::Streaming { cacheable, ends_by };
             let until = ends_by.min(now + self.config.idle_timeout);
             self.deadlines
-                .arm(&mut f.deadline, until, Timer::Flight(fid));
+                .move_to(&mut f.deadline, until, Timer::Flight(fid));
             self.streaming += 1;
             self.totals.streams_started += 1;
             self.actions.push_back(Action::StartStream { flight: fid });
@@ -739,11 +786,11 @@ impl Machine {
         };
         let Life::Live(fid) = req.life else { return };
         let attached = req.reader.is_some();
-        self.finish(now, request, outcome, None);
+        self.finish(now, request, Arc::new(Ending { outcome, log: None }));
         let Some(f) = self.flights.get_mut(&fid) else {
             return;
         };
-        f.members.remove(&request);
+        f.members.remove(request);
         if attached {
             f.attached -= 1;
             if f.attached == 0 {
@@ -765,11 +812,11 @@ impl Machine {
         let Some(mut f) = self.flights.remove(&flight) else {
             return;
         };
-        if self.live.get(&f.key) == Some(&flight) {
-            self.live.remove(&f.key);
+        self.live.remove(&f.key, flight);
+        if f.phase != FlightPhase::Queued {
+            // (Already gone if it is the deadline that expired.)
+            self.deadlines.remove(f.deadline, Timer::Flight(flight));
         }
-        self.deadlines
-            .disarm(&mut f.deadline, Timer::Flight(flight));
         let mut cacheable = false;
         match f.phase {
             FlightPhase::Queued => {
@@ -798,7 +845,11 @@ impl Machine {
                 }
             }
         }
-        let log: Log = Arc::new(std::mem::take(&mut f.log));
+        let log: Log = Arc::new(f.take_log());
+        let ending = Arc::new(Ending {
+            outcome: outcome.clone(),
+            log: Some(log),
+        });
         if *outcome == Outcome::Completed && cacheable {
             let until = now + self.config.cache_ttl;
             let capacity = self.config.cache_capacity;
@@ -806,26 +857,26 @@ impl Machine {
                 &mut self.deadlines,
                 capacity,
                 f.key.clone(),
-                log.clone(),
+                Arc::clone(&ending),
                 until,
             );
         }
-        for member in &f.members {
-            self.finish(now, *member, outcome.clone(), Some(log.clone()));
+        for member in f.members.iter() {
+            self.finish(now, member, Arc::clone(&ending));
         }
         self.actions.push_back(Action::FlightEnded { flight });
     }
 
     /// Marks a live request ended. An attached client is woken if it waits; an
     /// unattached record starts its retention so a late client can still read it.
-    fn finish(&mut self, now: Time, request: RequestId, outcome: Outcome, log: Option<Log>) {
+    fn finish(&mut self, now: Time, request: RequestId, ending: Arc<Ending>) {
         let Some(req) = self.requests.get_mut(&request) else {
             return;
         };
         if !matches!(req.life, Life::Live(_)) {
             return;
         }
-        match outcome {
+        match ending.outcome {
             Outcome::Completed => self.totals.completed += 1,
             Outcome::Cancelled => self.totals.cancelled += 1,
             Outcome::Failed(_) => self.totals.failed += 1,
@@ -834,12 +885,12 @@ impl Machine {
         self.live_requests -= 1;
         self.deadlines
             .disarm(&mut req.deadline, Timer::Request(request));
-        let retention = if outcome == Outcome::Cancelled {
+        let retention = if ending.outcome == Outcome::Cancelled {
             self.config.cancelled_retention
         } else {
             self.config.finished_retention
         };
-        req.life = Life::Ended { outcome, log };
+        req.life = Life::Ended(ending);
         match req.reader.as_mut() {
             Some(reader) => {
                 if reader.parked {
@@ -865,10 +916,11 @@ impl Machine {
         let mut streaming = 0;
         let mut queued = 0;
         let mut ready = 0;
-        for (fid, f) in &self.flights {
+        for (fid, f) in self.flights.iter() {
+            let fid = &fid;
             ensure!(!f.members.is_empty(), "{fid} has no members but is live");
             ensure!(
-                self.live.get(&f.key) == Some(fid),
+                self.live.get(&f.key, &self.flights) == Some(*fid),
                 "{fid} is not the live flight of its key"
             );
             match f.phase {
@@ -887,16 +939,15 @@ impl Machine {
                 }
                 FlightPhase::Streaming { .. } => streaming += 1,
             }
-            match f.deadline {
-                Some(at) => ensure!(
-                    self.deadlines.contains(at, Timer::Flight(*fid)),
-                    "{fid} deadline not armed"
-                ),
-                None => ensure!(false, "{fid} has no deadline"),
+            let armed = self.deadlines.contains(f.deadline, Timer::Flight(*fid));
+            if f.phase == FlightPhase::Queued {
+                ensure!(!armed, "{fid} queued with an armed deadline");
+            } else {
+                ensure!(armed, "{fid} deadline not armed");
             }
             let mut attached = 0;
-            for member in &f.members {
-                let req = self.requests.get(member);
+            for member in f.members.iter() {
+                let req = self.requests.get(&member);
                 ensure!(
                     req.is_some_and(|r| r.life == Life::Live(*fid)),
                     "{fid} lists {member} which does not point back"
@@ -908,9 +959,9 @@ impl Machine {
                 "{fid} attached count {} != {attached}",
                 f.attached
             );
-            let bytes: u64 = f.log.iter().map(|b| b.len() as u64).sum();
+            let bytes: u64 = f.tail().log.iter().map(|b| b.len() as u64).sum();
             ensure!(
-                bytes == f.bytes && bytes <= c.max_response_bytes,
+                bytes == f.tail().bytes && bytes <= c.max_response_bytes,
                 "{fid} byte count"
             );
         }
@@ -953,26 +1004,31 @@ impl Machine {
 
         let mut readers = 0;
         let mut live = 0;
-        for (id, r) in &self.requests {
+        for (id, r) in self.requests.iter() {
+            let id = &id;
             readers += usize::from(r.reader.is_some());
             match &r.life {
                 Life::Live(fid) => {
                     live += 1;
                     let f = self.flights.get(fid);
                     ensure!(
-                        f.is_some_and(|f| f.members.contains(id)),
+                        f.is_some_and(|f| f.members.contains(*id)),
                         "{id} not in its {fid}"
                     );
                     if let (Some(reader), Some(f)) = (&r.reader, f) {
-                        ensure!(reader.cursor <= f.log.len(), "{id} cursor past the log");
+                        ensure!(
+                            reader.cursor <= f.tail().log.len(),
+                            "{id} cursor past the log"
+                        );
                         ensure!(!reader.finished, "{id} finished while live");
                         ensure!(
-                            !reader.parked || f.parked.contains(id),
+                            !reader.parked || f.tail().parked.contains(id),
                             "{id} parked but its flight will not wake it"
                         );
                     }
                 }
-                Life::Ended { log, .. } => {
+                Life::Ended(ending) => {
+                    let log = &ending.log;
                     if let Some(reader) = &r.reader {
                         let len = log.as_ref().map_or(0, |l| l.len());
                         ensure!(
@@ -1008,7 +1064,16 @@ impl Machine {
         self.cache
             .check(&self.deadlines)
             .map_err(InvariantViolation)?;
-        let armed = self.flights.len()
+        let mut last = None;
+        for fid in &self.queue {
+            let at = self.flights.get(fid).map(|f| f.deadline);
+            ensure!(
+                at >= last,
+                "queue deadlines out of order at {fid}: the head's is not the earliest"
+            );
+            last = at;
+        }
+        let armed = self.flights.len() - self.queue.len()
             + self
                 .requests
                 .values()

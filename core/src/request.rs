@@ -6,6 +6,8 @@
 //! when its client detaches, or, if no client is attached, when its retention
 //! deadline passes. That is the whole cleanup story: no janitor, no conditions.
 
+use std::sync::Arc;
+
 use crate::cache::Log;
 use crate::{FlightId, Outcome, Time};
 
@@ -13,9 +15,17 @@ use crate::{FlightId, Outcome, Time};
 pub(crate) enum Life {
     /// A member of this flight.
     Live(FlightId),
-    /// Ended. `log` holds the chunks the reader may still read from its cursor on
-    /// (`None`: nothing more, as after a cancel).
-    Ended { outcome: Outcome, log: Option<Log> },
+    /// Ended. Shared by every member a flight ended with, and by the cache.
+    Ended(Arc<Ending>),
+}
+
+/// How a request ended and what its reader may still read.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Ending {
+    pub(crate) outcome: Outcome,
+    /// The chunks the reader may still read from its cursor on (`None`: nothing
+    /// more, as after a cancel).
+    pub(crate) log: Option<Log>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -29,7 +29,10 @@ pub struct Submission {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Readiness {
-    /// Items were appended to the output.
+    /// Items were appended to the output. Unless the last of them is the
+    /// terminal [`Item::End`](crate::Item::End), the reader is parked as after
+    /// `Pending`: it will get an [`Action::Wake`](crate::Action::Wake) when more
+    /// is available.
     Ready,
     /// Nothing to read yet; the reader will get an [`Action::Wake`](crate::Action::Wake)
     /// when there is.

@@ -550,6 +550,31 @@ fn rule07_waiting_reader_is_woken_once_per_wait() {
     assert_eq!(read_all(&mut s, a), vec![Item::End(Outcome::Completed)]);
 }
 
+#[test]
+fn rule07_a_read_that_returns_chunks_parks_the_reader_too() {
+    let mut s = Sim::default_test();
+    let (a, f) = s.streaming("k");
+    s.chunk(f, "1");
+    s.take();
+    assert_eq!(s.try_read(a), (Ok(Readiness::Ready), vec![chunk("1")]));
+    s.chunk(f, "2");
+    assert_eq!(
+        s.take(),
+        vec![Action::Wake { request: a }],
+        "parked by the read"
+    );
+    s.chunk(f, "3");
+    assert!(s.take().is_empty(), "one wake per wait");
+    assert_eq!(s.read(a), vec![chunk("2"), chunk("3")]);
+    assert_eq!(s.try_read(a), (Ok(Readiness::Pending), vec![]));
+    s.end(f);
+    assert_eq!(s.take(), vec![Action::Wake { request: a }, ended(f)]);
+    assert_eq!(s.read(a), vec![Item::End(Outcome::Completed)]);
+    s.take();
+    assert_eq!(s.try_read(a), (Ok(Readiness::Closed), vec![]));
+    assert!(s.take().is_empty(), "no wake after the terminal item");
+}
+
 // ----- rule 8: completion ends all members, caches, hands the slot on ------------
 
 #[test]
@@ -1323,7 +1348,8 @@ fn rule20_failed_upstream_ends_every_member_after_its_chunks_and_caches_nothing(
     s.chunk(f, "2");
     let failure = Failure::Upstream("boom".into());
     s.try_end(f, Err(failure.clone())).unwrap();
-    assert_eq!(s.take(), vec![ended(f)]);
+    // The read that returned "1" parked a1: chunk "2" woke it.
+    assert_eq!(s.take(), vec![Action::Wake { request: a1 }, ended(f)]);
     assert_eq!(
         read_all(&mut s, a1),
         vec![chunk("2"), Item::End(Outcome::Failed(failure.clone()))]

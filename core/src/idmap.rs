@@ -1,0 +1,249 @@
+//! Records keyed by sequential ids, looked up by indexing instead of searching.
+//!
+//! Ids are handed out in order and never reused, so the records alive at any time
+//! occupy a window of recent ids: [`IdMap`] keeps that window as a dense
+//! `VecDeque` indexed by `id - base`, and a lookup is one subtraction and one
+//! index. Records that outlive most of their neighbours would pin the window's
+//! front and let it grow with every newer id; when fewer than a quarter of the
+//! window's slots are occupied, the front half's survivors move to an ordered
+//! side map, so memory stays within a small factor of the records alive.
+//!
+//! Iteration is in id order, and equality and hashing see only the `(id, record)`
+//! pairs, never the layout: two maps holding the same records are equal however
+//! they got there.
+
+use core::hash::{Hash, Hasher};
+use core::marker::PhantomData;
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::{FlightId, RequestId};
+
+/// An id handed out in sequence.
+pub(crate) trait SeqId: Copy {
+    fn to_raw(self) -> u64;
+    fn of_raw(raw: u64) -> Self;
+}
+
+impl SeqId for RequestId {
+    fn to_raw(self) -> u64 {
+        self.raw()
+    }
+    fn of_raw(raw: u64) -> Self {
+        RequestId::from_raw(raw)
+    }
+}
+
+impl SeqId for FlightId {
+    fn to_raw(self) -> u64 {
+        self.raw()
+    }
+    fn of_raw(raw: u64) -> Self {
+        FlightId::from_raw(raw)
+    }
+}
+
+impl SeqId for u64 {
+    fn to_raw(self) -> u64 {
+        self
+    }
+    fn of_raw(raw: u64) -> Self {
+        raw
+    }
+}
+
+/// Below this many slots the window is never compacted.
+const MIN_COMPACT: usize = 64;
+
+#[derive(Clone, Debug)]
+pub(crate) struct IdMap<K, V> {
+    /// The id of `dense[0]`.
+    base: u64,
+    /// Slots for ids `base..base + dense.len()`; the front slot is always occupied.
+    dense: VecDeque<Option<V>>,
+    /// Occupied slots in `dense`.
+    in_dense: usize,
+    /// Records with ids below `base`, moved out of a sparse window.
+    old: BTreeMap<u64, V>,
+    ids: PhantomData<K>,
+}
+
+impl<K, V> Default for IdMap<K, V> {
+    fn default() -> Self {
+        IdMap {
+            base: 0,
+            dense: VecDeque::new(),
+            in_dense: 0,
+            old: BTreeMap::new(),
+            ids: PhantomData,
+        }
+    }
+}
+
+impl<K: SeqId, V> IdMap<K, V> {
+    pub(crate) fn len(&self) -> usize {
+        self.in_dense + self.old.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn slot(&self, id: u64) -> Option<usize> {
+        id.checked_sub(self.base)
+            .and_then(|i| usize::try_from(i).ok())
+    }
+
+    pub(crate) fn get(&self, id: &K) -> Option<&V> {
+        let id = id.to_raw();
+        match self.slot(id) {
+            Some(i) => self.dense.get(i)?.as_ref(),
+            None => self.old.get(&id),
+        }
+    }
+
+    pub(crate) fn get_mut(&mut self, id: &K) -> Option<&mut V> {
+        let id = id.to_raw();
+        match self.slot(id) {
+            Some(i) => self.dense.get_mut(i)?.as_mut(),
+            None => self.old.get_mut(&id),
+        }
+    }
+
+    /// Inserts `value` under `id`. Ids are expected to arrive in increasing order
+    /// (any order is correct; a new id far beyond the window pads it with empty
+    /// slots, so callers insert each id once, when it is handed out).
+    pub(crate) fn insert(&mut self, id: K, value: V) -> Option<V> {
+        let id = id.to_raw();
+        if self.dense.is_empty() && id >= self.base {
+            self.base = id;
+        }
+        let Some(i) = self.slot(id) else {
+            return self.old.insert(id, value);
+        };
+        while self.dense.len() <= i {
+            self.dense.push_back(None);
+        }
+        let previous = self.dense[i].replace(value);
+        if previous.is_none() {
+            self.in_dense += 1;
+        }
+        previous
+    }
+
+    pub(crate) fn remove(&mut self, id: &K) -> Option<V> {
+        let id = id.to_raw();
+        let Some(i) = self.slot(id) else {
+            return self.old.remove(&id);
+        };
+        let value = self.dense.get_mut(i)?.take()?;
+        self.in_dense -= 1;
+        self.trim_front();
+        if self.dense.len() >= MIN_COMPACT && self.in_dense * 4 < self.dense.len() {
+            self.compact();
+        }
+        Some(value)
+    }
+
+    fn trim_front(&mut self) {
+        while matches!(self.dense.front(), Some(None)) {
+            self.dense.pop_front();
+            self.base += 1;
+        }
+    }
+
+    /// Moves the survivors of the window's front half to `old`.
+    fn compact(&mut self) {
+        let half = self.dense.len() / 2;
+        for _ in 0..half {
+            if let Some(Some(value)) = self.dense.pop_front() {
+                self.old.insert(self.base, value);
+                self.in_dense -= 1;
+            }
+            self.base += 1;
+        }
+        self.trim_front();
+    }
+
+    /// The records in id order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (K, &V)> + '_ {
+        let base = self.base;
+        self.old.iter().map(|(id, v)| (K::of_raw(*id), v)).chain(
+            self.dense
+                .iter()
+                .zip(base..)
+                .filter_map(|(slot, id)| slot.as_ref().map(|v| (K::of_raw(id), v))),
+        )
+    }
+
+    /// The ids in order.
+    pub(crate) fn keys(&self) -> impl Iterator<Item = K> + '_ {
+        self.iter().map(|(id, _)| id)
+    }
+
+    /// The records in id order.
+    pub(crate) fn values(&self) -> impl Iterator<Item = &V> + '_ {
+        self.iter().map(|(_, v)| v)
+    }
+}
+
+impl<K: SeqId, V: PartialEq> PartialEq for IdMap<K, V> {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len()
+            && self
+                .iter()
+                .zip(other.iter())
+                .all(|((a, x), (b, y))| a.to_raw() == b.to_raw() && x == y)
+    }
+}
+
+impl<K: SeqId, V: Eq> Eq for IdMap<K, V> {}
+
+impl<K: SeqId, V: Hash> Hash for IdMap<K, V> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_usize(self.len());
+        for (id, v) in self.iter() {
+            state.write_u64(id.to_raw());
+            v.hash(state);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::IdMap;
+
+    #[test]
+    fn lookups_order_and_compaction() {
+        let mut m: IdMap<u64, u64> = IdMap::default();
+        for id in 0..1000u64 {
+            assert_eq!(m.insert(id, id * 10), None);
+        }
+        // Keep every tenth record alive: the window gets sparse and compacts.
+        for id in 0..1000u64 {
+            if id % 10 != 0 {
+                assert_eq!(m.remove(&id), Some(id * 10));
+            }
+        }
+        assert_eq!(m.len(), 100);
+        assert!(m.dense.len() < 400, "window compacted: {}", m.dense.len());
+        for id in 0..1000u64 {
+            assert_eq!(m.get(&id).copied(), (id % 10 == 0).then_some(id * 10));
+        }
+        let ids: Vec<u64> = m.keys().collect();
+        assert_eq!(ids, (0..100).map(|i| i * 10).collect::<Vec<_>>());
+        // Same records, different history: equal.
+        let mut fresh: IdMap<u64, u64> = IdMap::default();
+        for id in (0..1000u64).step_by(10) {
+            fresh.insert(id, id * 10);
+        }
+        assert_eq!(m, fresh);
+        for id in (0..1000u64).step_by(10) {
+            assert_eq!(m.remove(&id), Some(id * 10));
+        }
+        assert!(m.is_empty());
+        assert_eq!(m.get(&0), None);
+        m.insert(5000, 1);
+        assert_eq!(m.get(&5000), Some(&1));
+        assert_eq!(m.dense.len(), 1);
+    }
+}
