@@ -34,6 +34,7 @@ pub use stream::ResultStream;
 pub use user::{BoxFuture, Preparation, Preparer, Upstream};
 
 use shared::Shared;
+use stream::Signal;
 
 use crate::{
     Config, ConfigError, InvariantViolation, Key, Machine, RequestError, RequestId, RequestStatus,
@@ -186,7 +187,7 @@ impl<P: Send + 'static, R: Runtime> Manager<P, R> {
     /// # Errors
     /// [`SubmitError`]: queue full, empty key, shutting down. Nothing changes.
     pub fn submit(&self, key: impl Into<Key>, payload: P) -> Result<RequestId, SubmitError> {
-        self.submit_inner(key.into(), payload, false)
+        self.submit_inner(key.into(), payload, None)
             .map(|(id, _)| id)
     }
 
@@ -200,16 +201,18 @@ impl<P: Send + 'static, R: Runtime> Manager<P, R> {
         key: impl Into<Key>,
         payload: P,
     ) -> Result<ResultStream, SubmitError> {
-        let (id, attached) = self.submit_inner(key.into(), payload, true)?;
+        let signal = Arc::new(Signal::default());
+        let (id, attached) = self.submit_inner(key.into(), payload, Some(&signal))?;
         debug_assert!(attached, "a request just submitted has no reader");
-        Ok(self.result_stream(id))
+        Ok(self.result_stream(id, signal))
     }
 
+    /// Submits; with `attach`, also attaches and registers the stream's signal.
     fn submit_inner(
         &self,
         key: Key,
         payload: P,
-        attach: bool,
+        attach: Option<&Arc<Signal>>,
     ) -> Result<(RequestId, bool), SubmitError> {
         let (result, unused) = self
             .shared()
@@ -222,7 +225,13 @@ impl<P: Send + 'static, R: Runtime> Manager<P, R> {
                         }
                         _ => Some(payload),
                     };
-                    let attached = attach && g.machine.attach(now, submission.request).is_ok();
+                    let attached = match attach {
+                        Some(signal) if g.machine.attach(now, submission.request).is_ok() => {
+                            g.add_reader(submission.request, Arc::clone(signal));
+                            true
+                        }
+                        _ => false,
+                    };
                     (Ok((submission.request, attached)), unused)
                 }
                 Err(e) => (Err(e), Some(payload)),
@@ -231,9 +240,9 @@ impl<P: Send + 'static, R: Runtime> Manager<P, R> {
         result
     }
 
-    fn result_stream(&self, id: RequestId) -> ResultStream {
+    fn result_stream(&self, id: RequestId, signal: Arc<Signal>) -> ResultStream {
         let source: Arc<dyn stream::Source> = Arc::clone(self.shared()) as _;
-        ResultStream::new(id, source)
+        ResultStream::new(id, source, signal)
     }
 
     /// Attaches to a request's result stream (at most one per request) and returns
@@ -244,8 +253,13 @@ impl<P: Send + 'static, R: Runtime> Manager<P, R> {
     /// # Errors
     /// [`RequestError::NotFound`] or [`RequestError::AlreadyAttached`].
     pub fn stream(&self, id: RequestId) -> Result<ResultStream, RequestError> {
-        self.shared().with(|g, now| g.machine.attach(now, id))?;
-        Ok(self.result_stream(id))
+        let signal = Arc::new(Signal::default());
+        self.shared().with(|g, now| {
+            g.machine.attach(now, id)?;
+            g.add_reader(id, Arc::clone(&signal));
+            Ok::<_, RequestError>(())
+        })?;
+        Ok(self.result_stream(id, signal))
     }
 
     /// Cancels a request (rules 9-14). Idempotent. If it was its flight's last

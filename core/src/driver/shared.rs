@@ -4,7 +4,7 @@
 
 use core::future::{poll_fn, Future};
 use core::panic::AssertUnwindSafe;
-use core::task::{Context, Poll, Waker};
+use core::task::{Poll, Waker};
 use std::any::Any;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,8 +14,10 @@ use bytes::Bytes;
 use futures_lite::future::{poll_once, FutureExt as _};
 use futures_lite::StreamExt as _;
 
+use super::stream::{Read, Signal};
 use super::user::{ChunkStream, Opener, PrepareFn};
 use super::{BoxFuture, Runtime, TaskCounts};
+use crate::idmap::IdMap;
 use crate::{Action, Failure, FlightId, Item, Machine, Readiness, RequestId, Time, Work};
 
 /// Chunks an upstream has ready at once are reported under one lock, up to this many.
@@ -46,9 +48,16 @@ struct TimerState {
 pub(crate) struct State<P, H> {
     pub(crate) machine: Machine,
     flights: BTreeMap<FlightId, FlightData<P, H>>,
-    /// Readers that read and found nothing, until their `Wake`.
-    wakers: BTreeMap<RequestId, Waker>,
+    /// The wake signal of every attached result stream, until it is dropped.
+    readers: IdMap<RequestId, Arc<Signal>>,
     timer: TimerState,
+}
+
+impl<P, H> State<P, H> {
+    /// Registers the wake signal of a result stream just attached to `request`.
+    pub(crate) fn add_reader(&mut self, request: RequestId, signal: Arc<Signal>) {
+        self.readers.insert(request, signal);
+    }
 }
 
 impl<P, H> State<P, H> {
@@ -157,7 +166,7 @@ impl<P: Send + 'static, R: Runtime> Shared<P, R> {
             state: Mutex::new(State {
                 machine,
                 flights: BTreeMap::new(),
-                wakers: BTreeMap::new(),
+                readers: IdMap::default(),
                 timer: TimerState::default(),
             }),
             tasks: Arc::new(Tasks::default()),
@@ -257,7 +266,7 @@ impl<P: Send + 'static, R: Runtime> Shared<P, R> {
                     }
                 }
                 Action::Wake { request } => {
-                    if let Some(w) = g.wakers.remove(&request) {
+                    if let Some(w) = g.readers.get(&request).and_then(|s| s.notify()) {
                         after.wake.push(w);
                     }
                 }
@@ -338,36 +347,29 @@ impl<P: Send + 'static, R: Runtime> Shared<P, R> {
         }
     }
 
-    /// Reads for a result stream; registers its waker when nothing is available.
-    /// `Ready` means items were appended to `out`, or the stream is over.
-    pub(crate) fn poll_read(
-        &self,
-        request: RequestId,
-        cx: &mut Context<'_>,
-        out: &mut Vec<Item>,
-    ) -> Poll<()> {
-        self.with(|g, _| match g.machine.read(request, out) {
-            Ok(Readiness::Pending) => {
-                // Stored under the same lock as the read: a wake cannot be missed.
-                match g.wakers.get(&request) {
-                    Some(w) if w.will_wake(cx.waker()) => {}
-                    _ => {
-                        g.wakers.insert(request, cx.waker().clone());
-                    }
-                }
-                Poll::Pending
-            }
-            Ok(_) | Err(_) => Poll::Ready(()),
-        })
+    /// Reads for a result stream, under the lock. Unless the read ended the
+    /// stream, the machine has parked the reader: its signal is notified on the
+    /// next `Wake`.
+    ///
+    /// A read takes no time stamp and queues no action, so it skips the clock
+    /// and the dispatch that other inputs go through: the lock is held for the
+    /// read alone.
+    pub(crate) fn read(&self, request: RequestId, out: &mut Vec<Item>) -> Read {
+        let result = self.lock().machine.read(request, out);
+        match result {
+            Ok(Readiness::Pending) => Read::Parked,
+            Ok(Readiness::Ready) if !matches!(out.last(), Some(Item::End(_))) => Read::ItemsParked,
+            Ok(_) | Err(_) => Read::Over,
+        }
     }
 
     /// A result stream was dropped (rule 15).
     pub(crate) fn detach(&self, request: RequestId) {
-        let waker = self.with(|g, now| {
+        let signal = self.with(|g, now| {
             let _ = g.machine.detach(now, request);
-            g.wakers.remove(&request)
+            g.readers.remove(&request)
         });
-        drop(waker);
+        drop(signal);
     }
 }
 

@@ -1,9 +1,9 @@
 //! The client's side: a request's result stream.
 
 use core::pin::Pin;
-use core::task::{Context, Poll};
-use std::collections::VecDeque;
-use std::sync::Arc;
+use core::task::{Context, Poll, Waker};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use futures_core::Stream;
 
@@ -11,15 +11,61 @@ use super::shared::Shared;
 use super::Runtime;
 use crate::{Item, RequestId};
 
+/// What one read under the manager's lock gave.
+pub(crate) enum Read {
+    /// Nothing new; the reader is parked until the machine's next `Wake`.
+    Parked,
+    /// Items were appended; the reader is parked as well.
+    ItemsParked,
+    /// The terminal item was appended (or read before): the stream is over.
+    Over,
+}
+
+/// How the driver wakes one parked result stream without the stream taking the
+/// manager's lock to find out: the driver sets `woken` on the machine's `Wake`
+/// and wakes the registered waker; a stream polled while parked checks the flag
+/// and reads again only if it is set.
+#[derive(Debug, Default)]
+pub(crate) struct Signal {
+    woken: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Signal {
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Waker>> {
+        self.waker.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The machine woke the reader: set the flag and return the waker to wake
+    /// (outside the manager's lock).
+    pub(crate) fn notify(&self) -> Option<Waker> {
+        self.woken.store(true, Ordering::SeqCst);
+        self.slot().take()
+    }
+
+    /// Stores `waker` (unless it would wake the same task), then reports whether
+    /// a wake came. Registering first means a wake cannot slip in between.
+    fn register_and_check(&self, waker: &Waker) -> bool {
+        {
+            let mut slot = self.slot();
+            match &*slot {
+                Some(w) if w.will_wake(waker) => {}
+                _ => *slot = Some(waker.clone()),
+            }
+        }
+        self.woken.swap(false, Ordering::SeqCst)
+    }
+}
+
 /// What a result stream needs from its manager, without the manager's types.
 pub(crate) trait Source: Send + Sync {
-    fn poll_read(&self, request: RequestId, cx: &mut Context<'_>, out: &mut Vec<Item>) -> Poll<()>;
+    fn read(&self, request: RequestId, out: &mut Vec<Item>) -> Read;
     fn detach(&self, request: RequestId);
 }
 
 impl<P: Send + 'static, R: Runtime> Source for Shared<P, R> {
-    fn poll_read(&self, request: RequestId, cx: &mut Context<'_>, out: &mut Vec<Item>) -> Poll<()> {
-        Shared::poll_read(self, request, cx, out)
+    fn read(&self, request: RequestId, out: &mut Vec<Item>) -> Read {
+        Shared::read(self, request, out)
     }
 
     fn detach(&self, request: RequestId) {
@@ -33,7 +79,7 @@ impl<P: Send + 'static, R: Runtime> Source for Shared<P, R> {
 /// It reads the flight's log through its own cursor: a slow reader blocks nobody
 /// and loses nothing, and a late joiner replays from the first chunk (rule 7). It
 /// waits without polling: when nothing is available it is woken as soon as
-/// something is.
+/// something is, and until then a poll costs no lock.
 ///
 /// **Dropping it cancels its request** if the request is still live, and removes
 /// the request's record (rule 15). To stop reading without cancelling, keep it.
@@ -41,18 +87,26 @@ impl<P: Send + 'static, R: Runtime> Source for Shared<P, R> {
 pub struct ResultStream {
     request: RequestId,
     source: Arc<dyn Source>,
-    ready: VecDeque<Item>,
-    scratch: Vec<Item>,
+    signal: Arc<Signal>,
+    /// Items read and not handed out yet: `ready[next..]`.
+    ready: Vec<Item>,
+    next: usize,
+    /// The machine parked the reader at the last read: read again only once
+    /// `signal` says it woke it.
+    parked: bool,
     done: bool,
 }
 
 impl ResultStream {
-    pub(crate) fn new(request: RequestId, source: Arc<dyn Source>) -> Self {
+    /// A stream for `request`, whose `signal` the manager has registered.
+    pub(crate) fn new(request: RequestId, source: Arc<dyn Source>, signal: Arc<Signal>) -> Self {
         ResultStream {
             request,
             source,
-            ready: VecDeque::new(),
-            scratch: Vec::new(),
+            signal,
+            ready: Vec::new(),
+            next: 0,
+            parked: false,
             done: false,
         }
     }
@@ -70,25 +124,34 @@ impl ResultStream {
     }
 
     fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Item>> {
-        if self.ready.is_empty() && !self.done {
-            match self.source.poll_read(self.request, cx, &mut self.scratch) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(()) => self.ready.extend(self.scratch.drain(..)),
-            }
-        }
-        match self.ready.pop_front() {
-            Some(item) => {
-                if matches!(item, Item::End(_)) {
-                    self.done = true;
-                    self.ready.clear();
+        if self.next == self.ready.len() {
+            self.ready.clear();
+            self.next = 0;
+            while self.ready.is_empty() && !self.done {
+                if self.parked && !self.signal.register_and_check(cx.waker()) {
+                    return Poll::Pending;
                 }
-                Poll::Ready(Some(item))
-            }
-            None => {
-                self.done = true;
-                Poll::Ready(None)
+                match self.source.read(self.request, &mut self.ready) {
+                    Read::Parked | Read::ItemsParked => self.parked = true,
+                    Read::Over => {
+                        self.parked = false;
+                        self.done = true;
+                    }
+                }
             }
         }
+        let Some(slot) = self.ready.get_mut(self.next) else {
+            self.done = true;
+            return Poll::Ready(None);
+        };
+        // Take the item, leaving a placeholder that `clear` drops for free.
+        let item = core::mem::replace(slot, Item::End(crate::Outcome::Completed));
+        self.next += 1;
+        if matches!(item, Item::End(_)) {
+            self.done = true;
+            self.next = self.ready.len();
+        }
+        Poll::Ready(Some(item))
     }
 }
 
@@ -110,7 +173,7 @@ impl core::fmt::Debug for ResultStream {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("ResultStream")
             .field("request", &self.request)
-            .field("buffered", &self.ready.len())
+            .field("buffered", &(self.ready.len() - self.next))
             .field("done", &self.done)
             .finish_non_exhaustive()
     }
