@@ -23,9 +23,9 @@
 //! - Logs are copied, never shared: an ended record owns its own copy of the
 //!   chunks its reader may still read.
 //! - Wakes are not tracked per flight. After every input the model scans all
-//!   readers: one that last read `Pending` and now has something to read gets a
-//!   [`Action::Wake`]. That is the contract of [`Readiness::Pending`] stated
-//!   directly.
+//!   readers: one whose last read was of a live request (`Pending`, or `Ready`
+//!   without the end: read-and-park) and that now has something to read gets an
+//!   [`Action::Wake`]. That is the contract of [`Readiness`] stated directly.
 //!
 //! It is slow (quadratic and worse) and that is fine: it only ever holds a
 //! handful of requests.
@@ -86,7 +86,8 @@ enum Life {
 #[derive(Clone, Debug)]
 struct Reader {
     cursor: usize,
-    /// Its last read found nothing and no wake came since.
+    /// Its last read was of a live request (found nothing, or everything so
+    /// far) and no wake came since.
     parked: bool,
     /// It read the terminal item.
     finished: bool,
@@ -342,12 +343,14 @@ impl Model {
         let readiness = match life {
             Life::Live(_) => {
                 let log = live_log.unwrap_or_default();
+                // Read-and-park: a read of a live request leaves its reader
+                // waiting for a wake, whether it returned chunks or not.
+                reader.parked = true;
                 if reader.cursor < log.len() {
                     items.extend(log[reader.cursor..].iter().cloned().map(Item::Chunk));
                     reader.cursor = log.len();
                     Readiness::Ready
                 } else {
-                    reader.parked = true;
                     Readiness::Pending
                 }
             }

@@ -365,7 +365,9 @@ fn seed001_thundering_herd_makes_one_upstream_stream() {
     );
     assert_eq!(rig.read(r(0)), (Readiness::Ready, vec![chunk("The ")]));
     rig.at(7).chunk(f(0), "quick ").unwrap();
-    assert_eq!(rig.actions(), vec![], "nobody is parked");
+    // Read-and-park: r0's read parked it again; the others were woken and have
+    // not read since.
+    assert_eq!(rig.actions(), vec![wake(r(0))], "only r0 is parked");
 
     // A late joiner replays from the first chunk.
     rig.at(8);
@@ -379,7 +381,11 @@ fn seed001_thundering_herd_makes_one_upstream_stream() {
         (Readiness::Ready, vec![chunk("The "), chunk("quick ")])
     );
     rig.at(9).chunk(f(0), "fox").unwrap();
-    assert_eq!(rig.actions(), vec![]);
+    assert_eq!(
+        rig.actions(),
+        vec![wake(r(10))],
+        "the late joiner's read parked it"
+    );
     assert_eq!(
         rig.read(r(3)),
         (
@@ -547,7 +553,12 @@ fn seed001_first_member_cancels_others_read_on() {
     assert_eq!(rig.read(second), (Readiness::Pending, vec![]));
 
     rig.at(3).cancel(first).unwrap();
-    assert_eq!(rig.actions(), vec![], "no abort: others still wait");
+    // Its read parked it, so the cancel wakes it to read the cancellation.
+    assert_eq!(
+        rig.actions(),
+        vec![wake(first)],
+        "no abort: others still wait"
+    );
     assert_eq!(rig.state(first), Some(RequestState::Cancelled));
     assert_eq!(rig.state(second), Some(RequestState::Streaming));
     assert_eq!(rig.phases(), (0, 0, 0, 1));
@@ -557,7 +568,7 @@ fn seed001_first_member_cancels_others_read_on() {
     );
 
     rig.at(4).chunk(f(0), "b").unwrap();
-    assert_eq!(rig.actions(), vec![wake(second)]);
+    assert_eq!(rig.actions(), vec![wake(second), wake(third)]);
     rig.at(5).chunk(f(0), "c").unwrap();
     assert_eq!(rig.actions(), vec![]);
     rig.at(6).upstream_ok(f(0)).unwrap();
