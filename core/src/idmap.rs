@@ -212,6 +212,52 @@ impl<K: SeqId, V: Hash> Hash for IdMap<K, V> {
 mod tests {
     use super::IdMap;
 
+    /// Random inserts (in id order, as ids are handed out) and removals (any
+    /// order) against a `BTreeMap`: same lookups, same iteration, equal maps.
+    #[test]
+    fn behaves_like_an_ordered_map() {
+        use std::collections::BTreeMap;
+        let mut rng = 0x9E37_79B9_7F4A_7C15_u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut m: IdMap<u64, u64> = IdMap::default();
+        let mut reference = BTreeMap::new();
+        let mut next_id = 0u64;
+        for step in 0..200_000u64 {
+            let roll = next() % 100;
+            if roll < 45 || reference.is_empty() {
+                assert_eq!(m.insert(next_id, step), None);
+                reference.insert(next_id, step);
+                next_id += 1;
+            } else {
+                // Mostly recent ids, sometimes old ones: long-lived survivors
+                // pin the window's front and force compactions.
+                let span = if roll < 95 { 50 } else { next_id };
+                let id = next_id - 1 - next() % span.min(next_id);
+                assert_eq!(m.remove(&id), reference.remove(&id));
+            }
+            if step % 997 == 0 {
+                let probe = next() % (next_id + 10);
+                assert_eq!(m.get(&probe), reference.get(&probe));
+                assert_eq!(m.len(), reference.len());
+                assert!(m.dense.len() <= 4 * m.in_dense + super::MIN_COMPACT + 1);
+            }
+        }
+        assert!(m
+            .iter()
+            .map(|(k, v)| (k, *v))
+            .eq(reference.iter().map(|(k, v)| (*k, *v))));
+        let mut fresh: IdMap<u64, u64> = IdMap::default();
+        for (k, v) in &reference {
+            fresh.insert(*k, *v);
+        }
+        assert_eq!(m, fresh);
+    }
+
     #[test]
     fn lookups_order_and_compaction() {
         let mut m: IdMap<u64, u64> = IdMap::default();
