@@ -16,6 +16,25 @@ pub mod scenario;
 pub mod trace;
 pub mod world;
 
+use std::io::Write as _;
+
+/// Writes one line of a test's summary (states explored, cases run, tasks
+/// counted) straight to the process's standard error, past the test harness's
+/// output capture, so that `cargo test` shows it in every CI log, not only on
+/// failure. Used through [`report!`].
+pub fn report_line(line: std::fmt::Arguments<'_>) {
+    // A closed stderr is not worth failing a test over.
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+/// `println!` for test summaries that must reach the CI log: see [`report_line`].
+#[macro_export]
+macro_rules! report {
+    ($($arg:tt)*) => {
+        $crate::report_line(format_args!($($arg)*))
+    };
+}
+
 /// The usage examples in README.md, compiled and run as doctests.
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]

@@ -11,7 +11,7 @@ use flightdeck_tests::explore::{explore, Bound};
 fn run(bound: &Bound) {
     match explore(bound) {
         Ok(r) => {
-            println!(
+            flightdeck_tests::report!(
                 "explored {} states in {:.2} s ({} transitions, max depth {})",
                 r.states,
                 r.elapsed.as_secs_f64(),

@@ -27,7 +27,7 @@ fn seeded_random_scenarios_keep_every_invariant() {
             panic!("case {case} violated: {v}\nbytes: {bytes:?}\nscenario: {scenario:#?}");
         }
     }
-    println!("ran {n} decoded scenarios ({steps} ops)");
+    flightdeck_tests::report!("ran {n} decoded scenarios ({steps} ops)");
 }
 
 #[test]

@@ -608,7 +608,7 @@ fn core_matches_the_reference_model() {
         panic!("{error}\n{report}");
     }
     let coverage = coverage.into_inner().counts;
-    println!(
+    flightdeck_tests::report!(
         "model_proptest: {CASES} cases of up to {MAX_OPS} ops in {:.1?}; coverage {coverage:?}",
         started.elapsed()
     );

@@ -277,7 +277,7 @@ async fn stress<T: TestRt>() {
         "{}: a client neither read an end nor dropped",
         T::NAME
     );
-    println!(
+    flightdeck_tests::report!(
         "stress {}: {REQUESTS} requests over {KEYS} keys by {CLIENTS} concurrent clients in {:?} \
          (clients done in {clients_done:?})\n\
          clients: {} terminals read (completed {}, cancelled {}, failed {}, panicked {}, timed out {}), \
