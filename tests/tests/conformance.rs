@@ -43,6 +43,7 @@ conformance!(
     deadline_stream,
     deadline_idle,
     deadline_attach,
+    deadline_retention_and_cache_ttl,
     panic_in_preparer,
     panic_in_upstream,
     user_errors,

@@ -391,6 +391,54 @@ pub async fn deadline_attach<T: TestRt>() {
     finish::<T>(&m).await;
 }
 
+/// The last two deadlines, with real timers: a finished record nobody reads is
+/// dropped after `finished_retention` (rules 13, 17, 21), and a cached result
+/// expires after `cache_ttl`, so the same question opens the upstream again
+/// (rules 2, 17).
+pub async fn deadline_retention_and_cache_ttl<T: TestRt>() {
+    let probe = Arc::new(Probe::default());
+    let m = manager::<T>(
+        Config {
+            finished_retention: ms(80),
+            cache_ttl: ms(250),
+            ..config()
+        },
+        &probe,
+    );
+    let mut first = m.submit_and_stream("k", Plan::chunks(2)).unwrap();
+    assert_eq!(
+        read_all::<T>(&mut first).await,
+        (text(2), Outcome::Completed)
+    );
+    drop(first);
+
+    // A cache hit nobody attaches to: finished at once, kept for the retention.
+    let unread = m.submit("k", Plan::chunks(2)).unwrap();
+    assert_eq!(
+        m.status(unread).map(|s| s.state),
+        Some(RequestState::Done(Outcome::Completed)),
+        "{}",
+        T::NAME
+    );
+    T::sleep(ms(20)).await;
+    assert!(m.status(unread).is_some(), "{}: dropped early", T::NAME);
+    eventually::<T>("finished record dropped", || m.status(unread).is_none()).await;
+    assert_eq!(m.stream(unread).err(), Some(RequestError::NotFound));
+    assert_eq!(m.stats().totals.cache_hits, 1);
+    assert_eq!(probe.get(|p| &p.opens), 1, "{}", T::NAME);
+
+    // After the time to live the same key is a miss: a second upstream call.
+    T::sleep(ms(300)).await;
+    let mut again = m.submit_and_stream("k", Plan::chunks(2)).unwrap();
+    assert_eq!(
+        read_all::<T>(&mut again).await,
+        (text(2), Outcome::Completed)
+    );
+    assert_eq!(m.stats().totals.cache_hits, 1, "{}", T::NAME);
+    assert_eq!(probe.get(|p| &p.opens), 2, "{}", T::NAME);
+    finish::<T>(&m).await;
+}
+
 /// A panicking preparation fails its flight with `Panicked`; its slot is
 /// released and its task finished (rule 23).
 pub async fn panic_in_preparer<T: TestRt>() {
