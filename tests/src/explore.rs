@@ -236,7 +236,12 @@ pub fn enabled(world: &World, bound: &Bound) -> Vec<Op> {
     ops
 }
 
-/// Explores every interleaving within `bound`.
+/// How many new states between two progress lines on standard error (the CI
+/// bound prints two; a large bound shows it is alive).
+const PROGRESS_EVERY: usize = 1_000_000;
+
+/// Explores every interleaving within `bound`, printing a progress line on
+/// standard error every million states.
 ///
 /// # Errors
 /// The first violation found, as a [`Counterexample`] (already printed and saved).
@@ -278,6 +283,16 @@ pub fn explore(bound: &Bound) -> Result<Report, Box<Counterexample>> {
         }
         report.states += 1;
         report.max_depth = report.max_depth.max(path.len());
+        if report.states % PROGRESS_EVERY == 0 {
+            crate::report!(
+                "exploring: {} states, {} transitions, depth {} (deepest {}), {:.0} s",
+                report.states,
+                report.transitions,
+                path.len(),
+                report.max_depth,
+                start.elapsed().as_secs_f64()
+            );
+        }
         if let Err(v) = quiescence(&child) {
             return Err(counterexample(bound, &path, &v));
         }
