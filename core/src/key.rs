@@ -39,9 +39,29 @@ impl Key {
     }
 }
 
-impl From<&'static str> for Key {
-    fn from(s: &'static str) -> Self {
+impl Key {
+    /// A key from a string literal, without copying it.
+    #[must_use]
+    pub const fn from_static(s: &'static str) -> Self {
         Key(Bytes::from_static(s.as_bytes()))
+    }
+}
+
+impl From<&str> for Key {
+    fn from(s: &str) -> Self {
+        Key(Bytes::copy_from_slice(s.as_bytes()))
+    }
+}
+
+impl From<&String> for Key {
+    fn from(s: &String) -> Self {
+        Key(Bytes::copy_from_slice(s.as_bytes()))
+    }
+}
+
+impl From<&[u8]> for Key {
+    fn from(b: &[u8]) -> Self {
+        Key(Bytes::copy_from_slice(b))
     }
 }
 
@@ -87,5 +107,23 @@ impl fmt::Display for Key {
                 Ok(())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_from_borrowed_owned_and_static_text_are_equal() {
+        let owned = String::from("model=x;prompt=hi");
+        let borrowed: &str = owned.as_str();
+        let from_borrowed = Key::from(borrowed);
+        assert_eq!(from_borrowed, Key::from(owned.clone()));
+        assert_eq!(from_borrowed, Key::from(&owned));
+        assert_eq!(from_borrowed, Key::from(owned.as_bytes()));
+        assert_eq!(from_borrowed, Key::from_static("model=x;prompt=hi"));
+        assert_ne!(from_borrowed, Key::from("model=x;prompt=ho"));
+        assert_eq!(from_borrowed.as_bytes(), b"model=x;prompt=hi");
     }
 }

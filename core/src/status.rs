@@ -72,3 +72,81 @@ pub struct RequestStatus {
     /// Whether a client is attached.
     pub attached: bool,
 }
+
+impl RequestState {
+    /// How the request ended ([`Outcome::Cancelled`] for a cancelled one), or
+    /// `None` while it is live.
+    #[must_use]
+    pub fn outcome(&self) -> Option<Outcome> {
+        match self {
+            RequestState::Cancelled => Some(Outcome::Cancelled),
+            RequestState::Done(outcome) => Some(outcome.clone()),
+            RequestState::Queued
+            | RequestState::Preparing
+            | RequestState::WaitingForStream
+            | RequestState::Streaming => None,
+        }
+    }
+
+    /// Whether the request has ended (cancelled, completed, failed or timed out).
+    #[must_use]
+    pub fn is_finished(&self) -> bool {
+        matches!(self, RequestState::Cancelled | RequestState::Done(_))
+    }
+}
+
+impl RequestStatus {
+    /// How the request ended, or `None` while it is live. See
+    /// [`RequestState::outcome`].
+    #[must_use]
+    pub fn outcome(&self) -> Option<Outcome> {
+        self.state.outcome()
+    }
+
+    /// Whether the request has ended.
+    #[must_use]
+    pub fn is_finished(&self) -> bool {
+        self.state.is_finished()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Failure, Phase};
+
+    #[test]
+    fn outcome_and_is_finished_tell_whether_and_how_a_request_ended() {
+        for live in [
+            RequestState::Queued,
+            RequestState::Preparing,
+            RequestState::WaitingForStream,
+            RequestState::Streaming,
+        ] {
+            assert_eq!(live.outcome(), None, "{live:?}");
+            assert!(!live.is_finished(), "{live:?}");
+        }
+        let ended = [
+            (RequestState::Cancelled, Outcome::Cancelled),
+            (RequestState::Done(Outcome::Completed), Outcome::Completed),
+            (
+                RequestState::Done(Outcome::TimedOut(Phase::Idle)),
+                Outcome::TimedOut(Phase::Idle),
+            ),
+            (
+                RequestState::Done(Outcome::Failed(Failure::Shutdown)),
+                Outcome::Failed(Failure::Shutdown),
+            ),
+        ];
+        for (state, outcome) in ended {
+            let status = RequestStatus {
+                state,
+                queue_position: None,
+                flight: None,
+                attached: false,
+            };
+            assert_eq!(status.outcome(), Some(outcome), "{status:?}");
+            assert!(status.is_finished(), "{status:?}");
+        }
+    }
+}

@@ -52,15 +52,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use flightdeck_core::driver::{BoxFuture, Runtime};
-use flightdeck_core::Time;
 use smol::{Executor, Task, Timer};
 
 pub use flightdeck_core::driver::{
-    self, Preparation, Preparer, ResultStream, TaskCounts, Upstream,
+    self, Placement, Preparation, Preparer, ResultStream, TaskCounts, Upstream,
 };
 pub use flightdeck_core::{
-    Bytes, Config, ConfigError, Failure, Item, Key, Outcome, Phase, RequestError, RequestId,
-    RequestState, RequestStatus, Stats, SubmitError, Totals, Work,
+    Bytes, Config, ConfigError, Failure, FlightId, InvariantViolation, Item, Key, Outcome, Phase,
+    RequestError, RequestId, RequestState, RequestStatus, Route, Stats, SubmitError, Time, Totals,
+    Work,
 };
 
 /// The flightdeck manager on smol, for payloads of type `P`. See

@@ -51,17 +51,17 @@
 use std::future::pending;
 
 use flightdeck_core::driver::{BoxFuture, Runtime};
-use flightdeck_core::Time;
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 pub use flightdeck_core::driver::{
-    self, Preparation, Preparer, ResultStream, TaskCounts, Upstream,
+    self, Placement, Preparation, Preparer, ResultStream, TaskCounts, Upstream,
 };
 pub use flightdeck_core::{
-    Bytes, Config, ConfigError, Failure, Item, Key, Outcome, Phase, RequestError, RequestId,
-    RequestState, RequestStatus, Stats, SubmitError, Totals, Work,
+    Bytes, Config, ConfigError, Failure, FlightId, InvariantViolation, Item, Key, Outcome, Phase,
+    RequestError, RequestId, RequestState, RequestStatus, Route, Stats, SubmitError, Time, Totals,
+    Work,
 };
 
 /// The flightdeck manager on tokio, for payloads of type `P`. See

@@ -114,7 +114,7 @@ async fn client<T: TestRt>(m: M<T>, tally: Arc<Tally>, seed: u64) {
     match rng.gen_range(0..100) {
         // Cancel before attaching, then attach: the cancellation (rule 13).
         0..=9 => {
-            let id = m.submit(key, plan).expect("submit");
+            let id = m.submit(key, plan).expect("submit").id;
             let cancelled = m.cancel(id);
             let s = m
                 .stream(id)
@@ -181,7 +181,7 @@ async fn client<T: TestRt>(m: M<T>, tally: Arc<Tally>, seed: u64) {
         }
         // Attach late: replay from the first chunk, or the outcome (rule 7, 13).
         30..=39 => {
-            let id = m.submit(key, plan).expect("submit");
+            let id = m.submit(key, plan).expect("submit").id;
             T::sleep(ms(rng.gen_range(0..5))).await;
             let s = m.stream(id).expect("attach within attach_timeout");
             read_to_end(s, tally.clone()).await;

@@ -90,6 +90,19 @@ impl TaskCounts {
     }
 }
 
+/// How an accepted [`Manager::submit`] was placed (rules 1-3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Placement {
+    /// The new request's id.
+    pub id: RequestId,
+    /// Whether it created a flight, joined a live one, or was served from the cache.
+    pub route: Route,
+    /// Its flight's place in the admission queue (0 = next) right after the
+    /// submit, while the flight is queued; `None` once it left the queue (or for
+    /// a cache hit).
+    pub queue_position: Option<usize>,
+}
+
 /// Stops the manager when its last handle is dropped.
 struct Owner<P: Send + 'static, R: Runtime> {
     shared: Arc<Shared<P, R>>,
@@ -176,19 +189,19 @@ impl<P: Send + 'static, R: Runtime> Manager<P, R> {
         &self.owner.shared
     }
 
-    /// Submits a request (rules 1-3) and returns its id at once. It joins the
-    /// key's live flight, or is served from the cache, or creates a flight; only
-    /// in the last case is `payload` kept, for the preparation (otherwise it is
-    /// dropped).
+    /// Submits a request (rules 1-3) and returns at once how it was placed: its
+    /// id, its [`Route`] and its queue position. It joins the key's live flight,
+    /// or is served from the cache, or creates a flight; only in the last case is
+    /// `payload` kept, for the preparation (otherwise it is dropped).
     ///
     /// The request must be attached with [`Manager::stream`] within
     /// `attach_timeout`, or it times out.
     ///
     /// # Errors
     /// [`SubmitError`]: queue full, empty key, shutting down. Nothing changes.
-    pub fn submit(&self, key: impl Into<Key>, payload: P) -> Result<RequestId, SubmitError> {
+    pub fn submit(&self, key: impl Into<Key>, payload: P) -> Result<Placement, SubmitError> {
         self.submit_inner(key.into(), payload, None)
-            .map(|(id, _)| id)
+            .map(|(placement, _)| placement)
     }
 
     /// Submits a request and attaches to it in one step: the usual client call.
@@ -202,9 +215,9 @@ impl<P: Send + 'static, R: Runtime> Manager<P, R> {
         payload: P,
     ) -> Result<ResultStream, SubmitError> {
         let signal = Arc::new(Signal::default());
-        let (id, attached) = self.submit_inner(key.into(), payload, Some(&signal))?;
+        let (placement, attached) = self.submit_inner(key.into(), payload, Some(&signal))?;
         debug_assert!(attached, "a request just submitted has no reader");
-        Ok(self.result_stream(id, signal))
+        Ok(self.result_stream(placement.id, signal))
     }
 
     /// Submits; with `attach`, also attaches and registers the stream's signal.
@@ -213,7 +226,7 @@ impl<P: Send + 'static, R: Runtime> Manager<P, R> {
         key: Key,
         payload: P,
         attach: Option<&Arc<Signal>>,
-    ) -> Result<(RequestId, bool), SubmitError> {
+    ) -> Result<(Placement, bool), SubmitError> {
         let (result, unused) = self
             .shared()
             .with(|g, now| match g.machine.submit(now, key) {
@@ -225,6 +238,14 @@ impl<P: Send + 'static, R: Runtime> Manager<P, R> {
                         }
                         _ => Some(payload),
                     };
+                    let placement = Placement {
+                        id: submission.request,
+                        route: submission.route,
+                        queue_position: g
+                            .machine
+                            .status(submission.request)
+                            .and_then(|status| status.queue_position),
+                    };
                     let attached = match attach {
                         Some(signal) if g.machine.attach(now, submission.request).is_ok() => {
                             g.add_reader(submission.request, Arc::clone(signal));
@@ -232,7 +253,7 @@ impl<P: Send + 'static, R: Runtime> Manager<P, R> {
                         }
                         _ => false,
                     };
-                    (Ok((submission.request, attached)), unused)
+                    (Ok((placement, attached)), unused)
                 }
                 Err(e) => (Err(e), Some(payload)),
             });

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 
 use flightdeck_tokio::{
-    Config, ConfigError, Failure, Outcome, Phase, RequestError, RequestId, RequestState,
+    Config, ConfigError, Failure, Outcome, Phase, RequestError, RequestId, RequestState, Route,
     SubmitError, Work,
 };
 
@@ -122,9 +122,15 @@ pub async fn cancel_then_stream<T: TestRt>() {
         },
         &probe,
     );
-    let id = m
+    let placed = m
         .submit("k", Plan::default().prep(Prep::Ok, ms(300)))
         .unwrap();
+    assert!(matches!(placed.route, Route::NewFlight(_)));
+    assert_eq!(
+        placed.queue_position, None,
+        "a free preparation slot takes the flight out of the queue at once"
+    );
+    let id = placed.id;
     eventually::<T>("preparation started", || probe.get(|p| &p.prepares) == 1).await;
     m.cancel(id).unwrap();
     m.cancel(id).unwrap(); // idempotent
@@ -142,7 +148,7 @@ pub async fn cancel_then_stream<T: TestRt>() {
     assert_eq!(m.stats().preparation_slots_in_use, 0);
 
     // Without a client the cancelled record stays for the retention, then goes.
-    let id = m.submit("k2", Plan::default()).unwrap();
+    let id = m.submit("k2", Plan::default()).unwrap().id;
     m.cancel(id).unwrap();
     assert_eq!(m.status(id).map(|s| s.state), Some(RequestState::Cancelled));
     T::sleep(ms(300)).await;
@@ -218,7 +224,7 @@ pub async fn last_member_leaving_aborts_upstream<T: TestRt>() {
 pub async fn stream_waits_for_a_client<T: TestRt>() {
     let probe = Arc::new(Probe::default());
     let m = manager::<T>(config(), &probe);
-    let id = m.submit("k", Plan::chunks(2)).unwrap();
+    let id = m.submit("k", Plan::chunks(2)).unwrap().id;
     eventually::<T>("prepared", || {
         m.status(id).map(|s| s.state) == Some(RequestState::WaitingForStream)
     })
@@ -378,7 +384,7 @@ pub async fn deadline_attach<T: TestRt>() {
         },
         &probe,
     );
-    let id = m.submit("k", Plan::default()).unwrap();
+    let id = m.submit("k", Plan::default()).unwrap().id;
     T::sleep(ms(150)).await;
     let mut s = m.stream(id).unwrap();
     assert_eq!(
@@ -413,7 +419,7 @@ pub async fn deadline_retention_and_cache_ttl<T: TestRt>() {
     drop(first);
 
     // A cache hit nobody attaches to: finished at once, kept for the retention.
-    let unread = m.submit("k", Plan::chunks(2)).unwrap();
+    let unread = m.submit("k", Plan::chunks(2)).unwrap().id;
     assert_eq!(
         m.status(unread).map(|s| s.state),
         Some(RequestState::Done(Outcome::Completed)),
@@ -629,9 +635,12 @@ pub async fn errors_are_values<T: TestRt>() {
     // request for a live key still joins (rule 2).
     let busy = m
         .submit("busy", Plan::default().prep(Prep::Hang, ms(0)))
-        .unwrap();
+        .unwrap()
+        .id;
     eventually::<T>("preparing", || probe.get(|p| &p.prepares) == 2).await;
     let queued = m.submit("queued", Plan::default()).unwrap();
+    assert_eq!(queued.queue_position, Some(0), "the only queued flight");
+    let queued = queued.id;
     let before = m.stats();
     assert_eq!(
         m.submit("third", Plan::default()).err(),
@@ -644,6 +653,9 @@ pub async fn errors_are_values<T: TestRt>() {
         T::NAME
     );
     let joined = m.submit("queued", Plan::default()).unwrap();
+    assert!(matches!(joined.route, Route::Joined(_)), "{}", T::NAME);
+    assert_eq!(joined.queue_position, Some(0), "{}", T::NAME);
+    let joined = joined.id;
     assert_eq!(
         m.status(joined).and_then(|s| s.flight),
         m.status(queued).and_then(|s| s.flight)
@@ -677,7 +689,7 @@ pub async fn shutdown<T: TestRt>() {
         .submit_and_stream("p", Plan::default().prep(Prep::Hang, ms(0)))
         .unwrap();
     let mut queued = m.submit_and_stream("q", Plan::default()).unwrap();
-    let unattached = m.submit("u", Plan::default()).unwrap();
+    let unattached = m.submit("u", Plan::default()).unwrap().id;
     eventually::<T>("preparing", || probe.get(|p| &p.prepares) == 2).await;
     assert!(m.tasks_running() >= 3, "{}", T::NAME);
 
