@@ -1,0 +1,3 @@
+//! The flightdeck gateway binary.
+
+fn main() {}
