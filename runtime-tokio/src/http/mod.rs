@@ -208,7 +208,16 @@ impl Gateway {
             config: Arc::clone(&config),
         };
         let metrics = GatewayMetrics::new();
+        let simulated_preparation = config.seeds_upstream.is_none();
         let preparer = move |job: Job| async move {
+            if let (Job::Seeds(seeds), true) = (&job, simulated_preparation) {
+                // The simulated model's preparation (e.g. tokenising) takes what
+                // the payload asks for, if anything.
+                let delay = simulated::preparation_delay(&seeds.payload);
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+            }
             Ok::<_, core::convert::Infallible>(match &job {
                 Job::Seeds(_) => Preparation::cacheable(job),
                 Job::Chat(chat) if chat.cacheable => Preparation::cacheable(job),

@@ -7,9 +7,10 @@
 //! token comes after a delay, like a model that streams.
 //!
 //! A seeds'-API payload may shape its own answer (for demos and tests): a JSON
-//! object `{"prompt": "...", "tokens": 50, "delay_ms": 10, "fail_after": 3}`
-//! (every field optional) asks for that many tokens, that delay, and an upstream
-//! failure after that many tokens. Any other payload is the prompt itself.
+//! object `{"prompt": "...", "tokens": 50, "delay_ms": 10, "fail_after": 3,
+//! "prepare_ms": 100}` (every field optional) asks for that many tokens, that
+//! delay, an upstream failure after that many tokens, and a preparation that
+//! takes that long. Any other payload is the prompt itself.
 
 use std::time::Duration;
 
@@ -28,6 +29,17 @@ const VOCABULARY: [&str; 32] = [
     "own", "pace", "while", "slots", "are", "freed", "in", "the", "same", "step", "so", "nothing",
     "leaks", "a", "late", "joiner", "replays", "from", "zero", "cached", "answers",
 ];
+
+/// How long the simulated preparation of a seeds'-API payload takes: its
+/// `prepare_ms` field (at most [`MAX_TOKEN_DELAY`]), or no time.
+#[must_use]
+pub fn preparation_delay(payload: &serde_json::Value) -> Duration {
+    payload
+        .get("prepare_ms")
+        .and_then(serde_json::Value::as_u64)
+        .map_or(Duration::ZERO, Duration::from_millis)
+        .min(MAX_TOKEN_DELAY)
+}
 
 /// The simulated model's defaults: tokens per answer and delay before each token.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
