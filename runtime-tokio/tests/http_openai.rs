@@ -118,11 +118,11 @@ async fn fifty_identical_chat_completions_share_one_upstream_call() {
     follower_ms.sort_by(f64::total_cmp);
     let median = follower_ms[follower_ms.len() / 2];
     let max = follower_ms[follower_ms.len() - 1];
-    eprintln!(
+    support::report(format_args!(
         "openai 50 identical: upstream calls {}, time to first chunk: leader {leader:.1} ms, \
          followers median {median:.1} ms, max {max:.1} ms (upstream chunk delay 20 ms)",
         fake.observed.calls()
-    );
+    ));
     let sent = fake.observed.requests.lock().unwrap()[0].0.clone();
     assert_eq!(sent["stream"], true, "the flight always streams");
     assert_eq!(sent["stream_options"]["include_usage"], true);
@@ -362,6 +362,78 @@ async fn when_every_client_leaves_the_upstream_connection_is_closed() {
     fake.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_joiner_replays_from_the_first_chunk() {
+    use futures_lite::StreamExt;
+    let chunks = 30;
+    let fake = FakeUpstream::start(FakeConfig {
+        chunks,
+        delay: Duration::from_millis(10),
+    })
+    .await;
+    let gateway = TestGateway::start(config(), Some(&fake.base_url())).await;
+    let client = client();
+    let url = gateway.url(CHAT);
+    let body = chat_body("fake", "q", 0.0, true);
+    let early = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let mut early_raw = Vec::new();
+    let mut early_bytes = early.bytes_stream();
+    // Let the flight get a third of the way.
+    while support::sse_data(std::str::from_utf8(&early_raw).unwrap()).len() < 10 {
+        early_raw.extend_from_slice(&early_bytes.next().await.expect("more").unwrap());
+    }
+    let late = post_chat(&client, &url, &body, &[]).await;
+    while let Some(part) = early_bytes.next().await {
+        early_raw.extend_from_slice(&part.unwrap());
+    }
+    assert_eq!(late.route(), "joined");
+    assert_complete(&late, chunks);
+    assert_eq!(
+        late.raw.as_bytes(),
+        &early_raw[..],
+        "the late joiner got every chunk from the first"
+    );
+    assert_eq!(fake.observed.calls(), 1);
+    gateway.stop().await;
+    fake.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_open_streams_with_an_error_event() {
+    let fake = FakeUpstream::start(FakeConfig {
+        chunks: 1000,
+        delay: Duration::from_millis(10),
+    })
+    .await;
+    let gateway = TestGateway::start(config(), Some(&fake.base_url())).await;
+    let client = client();
+    let url = gateway.url(CHAT);
+    let reader = {
+        let (client, url) = (client.clone(), url.clone());
+        tokio::spawn(async move {
+            post_chat(&client, &url, &chat_body("fake", "q", 0.0, true), &[]).await
+        })
+    };
+    wait_for(|| fake.observed.calls() == 1, "the flight to start").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    gateway.stop().await;
+    let read = reader.await.unwrap();
+    let error = assert_error_event(&read, "shutdown");
+    assert_eq!(error["code"], "shutting_down");
+    wait_for(
+        || fake.observed.closed_early() == 1,
+        "the upstream call to be aborted",
+    )
+    .await;
+    fake.stop().await;
+}
+
 /// Reads a failed stream: status 200, some chunks, an error event last, no [DONE].
 fn assert_error_event(read: &SseRead, what: &str) -> Value {
     assert_eq!(read.status, 200, "{what}: {}", read.raw);
@@ -425,6 +497,18 @@ async fn upstream_failures_reach_every_member() {
     let error = assert_error_event(&stall, "stall");
     assert_eq!(error["type"], "timeout");
     assert!(started.elapsed() < Duration::from_secs(5));
+
+    // An upstream that never answers: the idle deadline makes it an HTTP 504.
+    let silent = post_chat(
+        &client,
+        &url,
+        &chat_body("fake-silent", "q", 0.0, true),
+        &[],
+    )
+    .await;
+    assert_eq!(silent.status, 504, "{}", silent.raw);
+    let error: Value = serde_json::from_str(&silent.raw).unwrap();
+    assert_eq!(error["error"]["type"], "timeout");
 
     // An error event from the upstream mid-stream is passed on.
     let event = post_chat(
@@ -638,10 +722,10 @@ async fn the_official_openai_python_client_works_through_the_gateway() {
             panic!("CI must run the OpenAI Python client test: {why}")
         }
         Err(why) => {
-            eprintln!(
+            support::report(format_args!(
                 "SKIPPED the_official_openai_python_client_works_through_the_gateway: {why} \
                  (python3 -m venv target/py && target/py/bin/pip install openai)"
-            );
+            ));
             return;
         }
     };
@@ -679,7 +763,7 @@ async fn the_official_openai_python_client_works_through_the_gateway() {
     .expect("the Python runner");
     let stdout = String::from_utf8_lossy(&run.stdout);
     let stderr = String::from_utf8_lossy(&run.stderr);
-    eprintln!("{}", stdout.trim());
+    support::report(format_args!("{}", stdout.trim()));
     assert!(
         run.status.success(),
         "the Python client failed:\n{stdout}\n{stderr}"

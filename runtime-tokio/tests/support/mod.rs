@@ -8,7 +8,8 @@
 //! `fake-500`, `fake-429` answer that status (429 with `Retry-After: 7`);
 //! `fake-cut` streams 3 chunks then closes the connection without `[DONE]`;
 //! `fake-stall` streams 2 chunks then sends nothing more;
-//! `fake-error-event` streams 2 chunks then `data: {"error": ...}`.
+//! `fake-error-event` streams 2 chunks then `data: {"error": ...}`;
+//! `fake-silent` never answers (not even headers).
 
 #![allow(dead_code)] // each test binary uses a part of it
 
@@ -30,6 +31,14 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+
+/// Writes one summary line straight to standard error, past the test harness's
+/// output capture, so that every `cargo test` log shows it (as the harness's
+/// `report!` does).
+pub(crate) fn report(line: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
 
 /// How the fake streams.
 #[derive(Clone, Copy, Debug)]
@@ -222,6 +231,7 @@ async fn fake_chat(State(state): State<FakeState>, headers: HeaderMap, body: Byt
             )
                 .into_response();
         }
+        "fake-silent" => std::future::pending().await,
         "fake-cut" => (3, Ending::Cut),
         "fake-stall" => (2, Ending::Stall),
         "fake-error-event" => (2, Ending::ErrorEvent),

@@ -35,6 +35,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use futures_lite::StreamExt;
 use serde_json::{json, Value};
+use tracing::Instrument;
 
 use super::assemble::Assembler;
 use super::canonical::{
@@ -87,10 +88,16 @@ async fn chat_completions(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match chat(&gateway, &headers, body).await {
+    let span = tracing::info_span!(
+        "chat_completion",
+        request = tracing::field::Empty,
+        key_hash = tracing::field::Empty,
+        route = tracing::field::Empty,
+    );
+    match chat(&gateway, &headers, body).instrument(span).await {
         Ok(response) => response,
         Err(error) => {
-            tracing::debug!(status = %error.status, message = error.message(), "chat completion failed");
+            tracing::info!(status = %error.status, message = error.message(), "chat completion failed");
             error.into_response()
         }
     }
@@ -190,7 +197,15 @@ async fn chat(
         Route::Cached => "cached",
         _ => "other",
     };
-    tracing::info!(request = %placement.id, key_hash = %label, route, coalesce, stream = delivery.stream, "chat completion");
+    let span = tracing::Span::current();
+    span.record("request", tracing::field::display(placement.id));
+    span.record("key_hash", label.as_str());
+    span.record("route", route);
+    tracing::info!(
+        coalesce,
+        stream = delivery.stream,
+        "chat completion admitted"
+    );
     let stream = manager.stream(placement.id).map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
