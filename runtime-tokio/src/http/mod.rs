@@ -6,6 +6,26 @@
 //! [`router`] in its own axum app, or calls [`serve`]. The `flightdeck` binary
 //! does exactly that with a configuration from its flags.
 //!
+//! ```
+//! use flightdeck_tokio::http::{router, Gateway, GatewayConfig};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let gateway = Gateway::new(GatewayConfig::default())?;
+//! let app = axum::Router::new().nest("/flightdeck", router(gateway.clone()));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let address = listener.local_addr()?;
+//! let server = tokio::spawn(async move { axum::serve(listener, app).await });
+//!
+//! let health = reqwest::get(format!("http://{address}/flightdeck/healthz")).await?;
+//! assert_eq!(health.text().await?, r#"{"status":"ok"}"#);
+//!
+//! gateway.shutdown().await;
+//! server.abort();
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # The shared state and the `Job` contract (for every API on the gateway)
 //!
 //! - **One manager for the whole service.** [`Gateway`] (the axum state, cheap to
