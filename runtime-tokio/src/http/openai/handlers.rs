@@ -169,7 +169,6 @@ async fn chat(
     let call = UpstreamCall {
         target,
         body: flight_body(&body),
-        cacheable: coalesce,
     };
     let job = Job::Chat(ChatJob {
         cacheable: coalesce,

@@ -62,8 +62,6 @@ pub struct UpstreamCall {
     /// The request body sent upstream: the client's body with `stream` and
     /// `stream_options` set as the flight needs them.
     pub body: Bytes,
-    /// Whether the flight's answer may be cached (only coalescing requests).
-    pub cacheable: bool,
 }
 
 impl UpstreamCall {

@@ -10,6 +10,9 @@
 //! with empty `choices` that carries the token counts). The kind is decided once,
 //! when the upstream's event is read, so that delivering to each member costs no
 //! JSON parse: a member that did not ask for `include_usage` skips usage chunks.
+//! (Its other chunks still carry the `"usage": null` that an upstream adds when
+//! usage is on; OpenAI's SDKs read that as "no usage", as they must for any
+//! client that asked for usage.)
 //!
 //! **Errors.** Every failure is OpenAI's error object,
 //! `{"error":{"message","type","param","code"}}`. An upstream failure travels
