@@ -73,6 +73,8 @@ fn write_object(out: &mut String, map: &Map<String, Value>, skip: &[&str]) {
         .iter()
         .filter(|(k, _)| !skip.contains(&k.as_str()))
         .collect();
+    // serde_json's map is sorted already, unless some crate in the build turns on
+    // its `preserve_order` feature (then it keeps the client's order): sort anyway.
     entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
     out.push('{');
     for (i, (k, v)) in entries.into_iter().enumerate() {
@@ -211,7 +213,7 @@ mod tests {
     use super::*;
 
     fn object(text: &str) -> Map<String, Value> {
-        match serde_json::from_str(text).expect("valid JSON") {
+        match serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}")) {
             Value::Object(map) => map,
             other => panic!("not an object: {other}"),
         }
@@ -348,5 +350,138 @@ mod tests {
         assert!(opts_out(b"false"));
         assert!(!opts_out(b"on"));
         assert_ne!(unique_key(), unique_key());
+    }
+
+    /// A small deterministic generator (xorshift), so the randomized test below
+    /// needs no dependency and replays the same cases every run.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+        fn index(&mut self, n: usize) -> usize {
+            let n = u64::try_from(n).expect("a small length");
+            usize::try_from(self.below(n)).expect("below a usize")
+        }
+    }
+
+    /// A random JSON value: objects, arrays, strings, small integers and halves.
+    fn random_value(rng: &mut Rng, depth: u32) -> Value {
+        match rng.below(if depth == 0 { 4 } else { 6 }) {
+            0 => Value::Null,
+            1 => Value::Bool(rng.below(2) == 0),
+            2 => {
+                let n = i64::try_from(rng.below(2001)).unwrap() - 1000;
+                if rng.below(2) == 0 {
+                    Value::from(n)
+                } else {
+                    Value::from(n as f64 + 0.5)
+                }
+            }
+            3 => Value::from(format!("s{}\u{e9}\"", rng.below(50))),
+            4 => Value::Array(
+                (0..rng.below(4))
+                    .map(|_| random_value(rng, depth - 1))
+                    .collect(),
+            ),
+            _ => Value::Object(
+                (0..rng.below(5))
+                    .map(|i| {
+                        (
+                            format!("k{i}{}", rng.below(3)),
+                            random_value(rng, depth - 1),
+                        )
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    /// `value` as JSON text with its object keys in a random order, random
+    /// whitespace, and each number in a random spelling of the same value.
+    fn scrambled(rng: &mut Rng, value: &Value) -> String {
+        let space = |rng: &mut Rng| [" ", "", "\n\t", "  "][rng.index(4)].to_owned();
+        match value {
+            Value::Number(n) => {
+                let f = n.as_f64().unwrap();
+                if f.fract() == 0.0 {
+                    #[allow(clippy::cast_possible_truncation)]
+                    let i = f as i64;
+                    match rng.below(4) {
+                        0 => format!("{i}"),
+                        1 => format!("{i}.0"),
+                        2 => format!("{i}e0"),
+                        _ if i != 0 => format!("{i}0e-1"),
+                        _ => "-0.0".to_owned(),
+                    }
+                } else if rng.below(2) == 0 {
+                    format!("{f}")
+                } else {
+                    format!("{}e-1", f * 10.0)
+                }
+            }
+            Value::Array(items) => {
+                let parts: Vec<String> = items.iter().map(|v| scrambled(rng, v)).collect();
+                format!(
+                    "[{}{}]",
+                    parts.join(&format!(",{}", space(rng))),
+                    space(rng)
+                )
+            }
+            Value::Object(map) => {
+                let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+                for i in (1..entries.len()).rev() {
+                    entries.swap(i, rng.index(i + 1));
+                }
+                let parts: Vec<String> = entries
+                    .into_iter()
+                    .map(|(k, v)| {
+                        let key = serde_json::to_string(k).unwrap();
+                        format!(
+                            "{}{key}{}:{}{}",
+                            space(rng),
+                            space(rng),
+                            space(rng),
+                            scrambled(rng, v)
+                        )
+                    })
+                    .collect();
+                format!("{{{}{}}}", parts.join(","), space(rng))
+            }
+            other => other.to_string(),
+        }
+    }
+
+    #[test]
+    fn randomized_spellings_of_one_body_give_one_key_and_changes_give_another() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for case in 0..500 {
+            let mut body = Map::new();
+            body.insert("model".into(), Value::from("m"));
+            body.insert("temperature".into(), Value::from(0));
+            for i in 0..rng.below(5) {
+                body.insert(format!("f{i}"), random_value(&mut rng, 3));
+            }
+            let body = Value::Object(body);
+            let expected = key(&body.to_string());
+            for _ in 0..4 {
+                let text = scrambled(&mut rng, &body);
+                assert_eq!(key(&text), expected, "case {case}: {text}");
+            }
+            // Any change of a value changes the key.
+            let mut changed = body.clone();
+            changed["model"] = Value::from("m2");
+            assert_ne!(key(&changed.to_string()), expected, "case {case}");
+            let mut added = body.clone();
+            added["extra"] = random_value(&mut rng, 2);
+            assert_ne!(key(&added.to_string()), expected, "case {case}");
+        }
     }
 }
