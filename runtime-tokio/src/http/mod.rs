@@ -66,6 +66,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::serve::ListenerExt;
 use axum::Router;
 use futures_lite::Stream;
 use sha2::{Digest, Sha256};
@@ -362,6 +363,12 @@ pub async fn serve(
     signal: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = router(gateway.clone());
+    // Streams are many small writes: send each event at once (no Nagle delay).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             signal.await;

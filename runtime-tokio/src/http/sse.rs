@@ -2,7 +2,9 @@
 //! clients (the demo and the tests read the gateway through it).
 //!
 //! A seeds' stream is one `chunk` event per chunk (`id` = its index from 0, `data`
-//! = the chunk's text), then exactly one terminal event named after the outcome:
+//! = the chunk's text; bytes that are not UTF-8 are replaced by U+FFFD, and a
+//! chunk's newlines become several `data:` lines, which SSE clients join back),
+//! then exactly one terminal event named after the outcome:
 //! `completed`, `failed` (`reason`), `timed_out` (`phase`) or `cancelled`, whose
 //! data is the outcome as JSON ([`outcome_json`]). Nothing follows it.
 
