@@ -5,6 +5,7 @@
 //! environment variable). `flightdeck --demo` runs a self-contained demo over real
 //! HTTP on a loopback port and exits.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -28,6 +29,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let config = match args.into_config() {
         Ok(config) => config,
