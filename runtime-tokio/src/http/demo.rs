@@ -16,19 +16,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use super::sse::SseDecoder;
 use super::{serve, Gateway, GatewayConfig};
 
 /// One demo client.
+#[derive(Clone, Copy)]
 struct Client {
     name: &'static str,
     prompt: &'static str,
     /// Tokens the simulated model is asked for.
     tokens: u64,
-    /// Start this long after the burst.
-    start_after: Duration,
+    /// When to start.
+    start: Start,
     /// Cancel by id after reading this many chunks.
     cancel_after: Option<usize>,
 }
@@ -47,35 +48,81 @@ struct Seen {
     total: Duration,
 }
 
+/// When a client starts: with the burst, or on another client's progress (so
+/// that the story holds however fast or loaded the machine is).
+#[derive(Clone, Copy)]
+enum Start {
+    /// At once, with the burst.
+    Burst,
+    /// Once this client has read this many tokens.
+    AfterTokens(&'static str, usize),
+    /// Once these clients have read their whole answers.
+    AfterEnds(&'static [&'static str]),
+}
+
 const CLIENTS: [Client; 10] = [
-    client("ana", "What is Rust?", 24, 0, None),
-    client("ben", "What is Rust?", 24, 0, None),
-    client("cleo", "What is Rust?", 24, 0, None),
-    client("dev", "What is coalescing?", 24, 0, None),
-    client("eve", "What is coalescing?", 24, 0, None),
-    client("finn", "Why sans-IO?", 24, 0, None),
-    client("gus", "Tell me a very long story", 200, 0, Some(6)),
-    client("hana", "What is a flight?", 24, 0, None),
+    client("ana", "What is Rust?", 24, Start::Burst, None),
+    client("ben", "What is Rust?", 24, Start::Burst, None),
+    client("cleo", "What is Rust?", 24, Start::Burst, None),
+    client("dev", "What is coalescing?", 24, Start::Burst, None),
+    client("eve", "What is coalescing?", 24, Start::Burst, None),
+    client("finn", "Why sans-IO?", 24, Start::Burst, None),
+    client(
+        "gus",
+        "Tell me a very long story",
+        200,
+        Start::Burst,
+        Some(6),
+    ),
+    client("hana", "What is a flight?", 24, Start::Burst, None),
     // Joins the live "What is Rust?" flight mid-stream; replays from token 0.
-    client("ivy", "What is Rust?", 24, 300, None),
-    // Asks again after that flight completed: the cache answers.
-    client("jo", "What is coalescing?", 24, 1500, None),
+    client(
+        "ivy",
+        "What is Rust?",
+        24,
+        Start::AfterTokens("ana", 8),
+        None,
+    ),
+    // Asks again once that flight completed: the cache answers.
+    client(
+        "jo",
+        "What is coalescing?",
+        24,
+        Start::AfterEnds(&["dev", "eve"]),
+        None,
+    ),
 ];
 
 const fn client(
     name: &'static str,
     prompt: &'static str,
     tokens: u64,
-    start_after_ms: u64,
+    start: Start,
     cancel_after: Option<usize>,
 ) -> Client {
     Client {
         name,
         prompt,
         tokens,
-        start_after: Duration::from_millis(start_after_ms),
+        start,
         cancel_after,
     }
+}
+
+/// Each client's progress: tokens read, and whether its stream ended.
+type Progress = BTreeMap<&'static str, (usize, bool)>;
+
+/// Waits until `start` holds.
+async fn wait_for_start(start: Start, progress: &mut watch::Receiver<Progress>) {
+    let ready = |p: &Progress| match start {
+        Start::Burst => true,
+        Start::AfterTokens(who, n) => p.get(who).is_some_and(|&(read, _)| read >= n),
+        Start::AfterEnds(whom) => whom
+            .iter()
+            .all(|who| p.get(who).is_some_and(|&(_, end)| end)),
+    };
+    // An error means every sender is gone: start anyway rather than hang.
+    let _ = progress.wait_for(ready).await;
 }
 
 fn ms(d: Duration) -> u128 {
@@ -105,21 +152,31 @@ pub async fn run(config: GatewayConfig) -> Result<(), String> {
     let server = tokio::spawn(serve(listener, gateway.clone(), async {
         let _ = stopped.await;
     }));
+    let model = if gateway.config().seeds_upstream.is_some() {
+        "seeds upstream"
+    } else {
+        "simulated model"
+    };
     println!(
-        "flightdeck demo: gateway on {base} (simulated model), {} clients\n",
+        "flightdeck demo: gateway on {base} ({model}), {} clients\n",
         CLIENTS.len()
     );
 
     let start = Instant::now();
     let http = reqwest::Client::new();
     let base = Arc::new(base);
+    let (progress, _) = watch::channel(Progress::new());
     let mut tasks = Vec::new();
     for client in CLIENTS {
         let http = http.clone();
         let base = Arc::clone(&base);
+        let progress = progress.clone();
         tasks.push(tokio::spawn(async move {
-            tokio::time::sleep(client.start_after).await;
-            run_client(&http, &base, start, client).await
+            wait_for_start(client.start, &mut progress.subscribe()).await;
+            let seen = run_client(&http, &base, start, client, &progress).await;
+            // Whatever happened, this client will not progress any more.
+            progress.send_modify(|p| p.entry(client.name).or_default().1 = true);
+            seen
         }));
     }
     let mut seen = Vec::new();
@@ -168,6 +225,7 @@ async fn run_client(
     base: &str,
     start: Instant,
     client: Client,
+    progress: &watch::Sender<Progress>,
 ) -> Result<Seen, String> {
     let began = Instant::now();
     let payload = json!({"prompt": client.prompt, "tokens": client.tokens});
@@ -229,6 +287,8 @@ async fn run_client(
                 }
                 seen.chunks += 1;
                 seen.text.push_str(&event.data);
+                let read = seen.chunks;
+                progress.send_modify(|p| p.entry(client.name).or_default().0 = read);
                 if client.cancel_after == Some(seen.chunks) && !cancelled {
                     cancelled = true;
                     let answer: Value = http
