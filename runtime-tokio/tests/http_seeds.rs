@@ -714,16 +714,38 @@ async fn a_client_that_never_reads_slows_nobody() {
     };
     let server = Server::start(big_config).await;
     let http = reqwest::Client::new();
-    // A large answer, produced as fast as possible, to a client that never reads.
-    let (_, big) = submit(
-        &http,
-        &server,
-        json!({"payload": {"prompt": "big", "tokens": 100_000, "delay_ms": 0}}),
+    // A large answer (~7 MB of events), produced as fast as possible, for two
+    // members of one flight: one never reads its stream (its socket fills up),
+    // the other reads it all.
+    let big = json!({"prompt": "big", "tokens": 200_000, "delay_ms": 0});
+    let (_, stalled) = submit(&http, &server, json!({ "payload": big })).await;
+    let (_, reader) = submit(&http, &server, json!({ "payload": big })).await;
+    assert_eq!(reader["route"], "joined");
+    let stalled_id = stalled["id"].as_u64().unwrap();
+    // The stalled client: a raw connection with a small receive buffer that
+    // sends its GET and never reads a byte.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let address = server.base.trim_start_matches("http://").parse().unwrap();
+    let mut stalled_response = socket.connect(address).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut stalled_response,
+        format!("GET /v1/requests/{stalled_id}/stream HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes(),
     )
+    .await
+    .unwrap();
+    wait_until("the stalled client is attached", || {
+        server
+            .gateway
+            .manager()
+            .status(flightdeck_tokio::RequestId::from_raw(stalled_id))
+            .is_some_and(|s| s.attached)
+    })
     .await;
-    let big_id = big["id"].as_u64().unwrap();
-    let stalled = stream(&http, &server, big_id).await;
-    // Others come and go, in full, while it sits there.
+    let reading = tokio::spawn(read_events(
+        stream(&http, &server, reader["id"].as_u64().unwrap()).await,
+    ));
+    // Others come and go, in full, meanwhile.
     for round in 0..5 {
         let payload = json!(format!("question {round}"));
         let (_, placed) = submit(&http, &server, json!({ "payload": payload })).await;
@@ -733,13 +755,21 @@ async fn a_client_that_never_reads_slows_nobody() {
         assert_eq!(end.event, "completed");
         assert_eq!(text, expected_text(&config(), &payload));
     }
-    let status = server
+    // The reading member of the big flight gets all of it, in order.
+    let events = reading.await.unwrap();
+    let (text, end) = text_and_end(&events);
+    assert_eq!(end.event, "completed");
+    assert_eq!(events.len(), 200_001);
+    assert_eq!(text, config().simulated.answer_for(&big).tokens().concat());
+    // ~7 MB of events exceed what the kernel buffers for it: it really stalled
+    // (its stream is not read to the end, so its record is still there).
+    let stalled = server
         .gateway
         .manager()
-        .status(flightdeck_tokio::RequestId::from_raw(big_id))
-        .expect("the stalled client is still attached");
-    assert!(status.attached);
-    drop(stalled);
+        .status(flightdeck_tokio::RequestId::from_raw(stalled_id))
+        .expect("the stalled client is still attached (unless the kernel buffered ~7 MB for it)");
+    assert!(stalled.attached);
+    drop(stalled_response);
     server.stop().await;
 }
 

@@ -20,7 +20,7 @@ use super::ChunkStream;
 use crate::Bytes;
 
 /// Most tokens one simulated answer may have.
-pub const MAX_TOKENS: usize = 100_000;
+pub const MAX_TOKENS: usize = 1_000_000;
 /// Longest delay a payload may ask for between tokens.
 pub const MAX_TOKEN_DELAY: Duration = Duration::from_secs(60);
 
@@ -148,7 +148,12 @@ impl SimulatedAnswer {
             Some(tokens),
             move |tokens| async move {
                 let mut tokens = tokens?;
-                tokio::time::sleep(delay).await;
+                if delay.is_zero() {
+                    // As fast as possible, but let others run between tokens.
+                    tokio::task::yield_now().await;
+                } else {
+                    tokio::time::sleep(delay).await;
+                }
                 match tokens.next() {
                     Some((i, _)) if Some(i) == fail_after => {
                         Some((Err(format!("simulated failure after {i} tokens")), None))
