@@ -380,27 +380,38 @@ impl FakeUpstream {
         let calls = Arc::new(AtomicUsize::new(0));
         let closed = Arc::new(AtomicUsize::new(0));
         let (c, d) = (Arc::clone(&calls), Arc::clone(&closed));
-        let app = axum::Router::new().route(
-            "/generate",
-            axum::routing::post(move |body: String| {
-                let (calls, closed) = (Arc::clone(&c), Arc::clone(&d));
-                async move {
-                    calls.fetch_add(1, Ordering::SeqCst);
-                    let guard = CountOnDrop(closed);
-                    let tokens = futures_lite::stream::unfold((0u32, guard), move |(i, guard)| {
-                        let body = body.clone();
-                        async move {
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                            (i < 10_000).then(|| {
-                                let token = format!("{body}#{i} ");
-                                (Ok::<_, std::convert::Infallible>(token), (i + 1, guard))
-                            })
-                        }
-                    });
-                    axum::body::Body::from_stream(tokens)
-                }
-            }),
-        );
+        let app = axum::Router::new()
+            .route(
+                "/generate",
+                axum::routing::post(move |body: String| {
+                    let (calls, closed) = (Arc::clone(&c), Arc::clone(&d));
+                    async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        let guard = CountOnDrop(closed);
+                        let tokens =
+                            futures_lite::stream::unfold((0u32, guard), move |(i, guard)| {
+                                let body = body.clone();
+                                async move {
+                                    tokio::time::sleep(Duration::from_millis(20)).await;
+                                    (i < 10_000).then(|| {
+                                        let token = format!("{body}#{i} ");
+                                        (Ok::<_, std::convert::Infallible>(token), (i + 1, guard))
+                                    })
+                                }
+                            });
+                        axum::body::Body::from_stream(tokens)
+                    }
+                }),
+            )
+            .route(
+                "/overloaded",
+                axum::routing::post(|| async {
+                    (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        "overloaded, try later",
+                    )
+                }),
+            );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/generate", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
@@ -861,4 +872,43 @@ async fn graceful_shutdown_ends_open_streams_with_a_terminal_event() {
     assert!(!gateway.is_admitting());
     // The server is gone.
     assert!(http.get(format!("{base}/healthz")).send().await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeds_upstream_errors_end_the_stream_as_failed() {
+    let upstream = FakeUpstream::start().await;
+    let overloaded = upstream.url.replace("/generate", "/overloaded");
+    // A port nobody listens on: bind one, then free it.
+    let refused = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/", listener.local_addr().unwrap())
+    };
+    let http = reqwest::Client::new();
+    for (url, reason) in [
+        (
+            overloaded,
+            "the upstream answered 503 Service Unavailable: overloaded, try later",
+        ),
+        (refused, "cannot reach the upstream"),
+    ] {
+        let config = GatewayConfig {
+            seeds_upstream: Some(UpstreamConfig {
+                base_url: url.parse().unwrap(),
+                api_key: Some("sk-test".to_owned()),
+            }),
+            ..GatewayConfig::default()
+        };
+        let server = Server::start(config).await;
+        let (_, placed) = submit(&http, &server, json!({"payload": "p"})).await;
+        let events =
+            read_events(stream(&http, &server, placed["id"].as_u64().unwrap()).await).await;
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].event, "failed");
+        let end: Value = serde_json::from_str(&events[0].data).unwrap();
+        assert_eq!(end["kind"], "upstream");
+        assert!(end["reason"].as_str().unwrap().contains(reason), "{end}");
+        assert_eq!(server.gateway.manager().stats().totals.failed, 1);
+        server.stop().await;
+    }
+    upstream.stop().await;
 }
