@@ -107,7 +107,9 @@ fn duration(text: &str) -> Result<Duration, String> {
 fn url(text: &str) -> Result<Url, String> {
     let url = Url::parse(text).map_err(|e| e.to_string())?;
     match url.scheme() {
-        "http" | "https" => Ok(url),
+        "http" => Ok(url),
+        "https" if cfg!(feature = "tls") => Ok(url),
+        "https" => Err("https needs flightdeck built with the feature `tls`".to_owned()),
         other => Err(format!("scheme `{other}` is not http or https")),
     }
 }
@@ -132,8 +134,8 @@ pub struct Args {
     #[arg(long)]
     pub demo: bool,
 
-    /// OpenAI-compatible upstream base URL (e.g. https://api.openai.com/v1).
-    /// Without it, the built-in simulated model answers.
+    /// OpenAI-compatible upstream base URL (e.g. https://api.openai.com/v1; https
+    /// needs the build feature `tls`). Without it, the built-in simulated model answers.
     #[arg(long, env = "FLIGHTDECK_UPSTREAM_URL", value_parser = url)]
     pub upstream_url: Option<Url>,
 
@@ -429,6 +431,12 @@ mod tests {
         assert!(scheme.contains("not http or https"), "{scheme}");
         let orphan = parse(&["--upstream-api-key=k"]).unwrap_err();
         assert!(orphan.contains("--upstream-api-key"), "{orphan}");
+        let https = parse(&["--upstream-url=https://api.example.invalid/v1"]);
+        if cfg!(feature = "tls") {
+            assert!(https.is_ok(), "{https:?}");
+        } else {
+            assert!(https.unwrap_err().contains("feature `tls`"));
+        }
         let body = parse(&["--body-limit=0"]).unwrap_err();
         assert!(body.contains("--body-limit"), "{body}");
     }
