@@ -912,3 +912,38 @@ async fn seeds_upstream_errors_end_the_stream_as_failed() {
     }
     upstream.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_stream_carries_keep_alive_comments() {
+    let config = GatewayConfig {
+        sse_keep_alive: Duration::from_millis(20),
+        ..config()
+    };
+    let server = Server::start(config).await;
+    let http = reqwest::Client::new();
+    // Nothing to send for 300 ms (a slow preparation), then two tokens.
+    let (_, placed) = submit(
+        &http,
+        &server,
+        json!({"payload": {"prompt": "q", "tokens": 2, "delay_ms": 1, "prepare_ms": 300}}),
+    )
+    .await;
+    let mut response = stream(&http, &server, placed["id"].as_u64().unwrap()).await;
+    let mut raw = Vec::new();
+    while let Some(bytes) = response.chunk().await.unwrap() {
+        raw.extend_from_slice(&bytes);
+    }
+    let raw = String::from_utf8(raw).unwrap();
+    let before_first_chunk = &raw[..raw.find("event: chunk").unwrap()];
+    assert!(
+        before_first_chunk
+            .lines()
+            .filter(|l| l.starts_with(':'))
+            .count()
+            >= 2,
+        "keep-alive comments while waiting: {raw:?}"
+    );
+    let events = SseDecoder::default().push(raw.as_bytes());
+    assert_eq!(text_and_end(&events).1.event, "completed");
+    server.stop().await;
+}
