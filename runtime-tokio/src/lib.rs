@@ -48,6 +48,9 @@
 //! # }
 //! ```
 
+#[cfg(feature = "http")]
+pub mod http;
+
 use std::future::pending;
 
 use flightdeck_core::driver::{BoxFuture, Runtime};
