@@ -7,11 +7,6 @@
 //!
 //! Run with `--nocapture` to see the numbers.
 
-#[path = "conformance/kit.rs"]
-mod kit;
-#[path = "conformance/rt.rs"]
-mod rt;
-
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,6 +15,7 @@ use flightdeck_tokio::{Config, Failure, Outcome, RequestError};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use flightdeck_tests::{conformance_kit as kit, runtimes as rt};
 use kit::{ms, read_all, Open, Plan, Prep, Probe, Then, M};
 use rt::TestRt;
 

@@ -1,5 +1,5 @@
 //! The conformance scenarios, each written once and run on every runtime in
-//! `rt.rs`. Real tasks, real timers, short (ms) durations.
+//! `flightdeck_tests::runtimes`. Real tasks, real timers, short (ms) durations.
 
 #![allow(unreachable_pub)]
 
