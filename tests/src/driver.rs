@@ -19,8 +19,7 @@
 //! and panic with a message otherwise (they are for tests).
 //!
 //! # Why the world and the model check keep their own loops
-//! [`crate::world::World`] and the model check (`tests/tests/model_proptest.rs`)
-//! drive the core too, but
+//! [`crate::world::World`] and [`crate::model_check`] drive the core too, but
 //! they encode different things: the world keeps what every simulated client and
 //! the upstream know, because the explorer fingerprints that whole state and
 //! enumerates the ops enabled in it; the model check feeds each input to the

@@ -10,7 +10,9 @@
 //! - [`scenario`]: the scenario decoder shared by tests, proptest and cargo-fuzz;
 //! - [`trace`]: postcard traces of `(Time, Input)` pairs, recorded and replayed;
 //! - [`explore`]: the exhaustive explorer (model checker) with state hashing;
-//! - [`model`]: a deliberately naive reference model of the contract.
+//! - [`model`]: a deliberately naive reference model of the contract;
+//! - [`model_check`]: the core and the model side by side over random inputs,
+//!   for any configuration (the proptest, as a library).
 //!
 //! With the default feature `runtimes`, the half that runs on real runtimes:
 //!
@@ -27,6 +29,7 @@ pub mod demo;
 pub mod driver;
 pub mod explore;
 pub mod model;
+pub mod model_check;
 #[cfg(feature = "runtimes")]
 pub mod runtimes;
 pub mod scenario;
