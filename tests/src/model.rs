@@ -538,7 +538,7 @@ impl Model {
                         Some(Life::Ended { .. })
                     );
                     if ended {
-                        // Retention passed: the record goes (rule 13).
+                        // Retention passed: the record goes (contract rule 13).
                         self.records.retain(|r| r.id != request);
                     } else {
                         if let Some(r) = self.record_mut(request) {
@@ -700,7 +700,7 @@ impl Model {
         let Some(Life::Live(flight)) = self.record(request).map(|r| r.life.clone()) else {
             return;
         };
-        // Rule 14 / 13: a cancelled (or attach-timed-out) member keeps no chunks,
+        // Contract rule 14 / 13: a cancelled (or attach-timed-out) member keeps no chunks,
         // only its outcome.
         self.end_request(now, request, outcome, None);
         let anyone_left = self.records.iter().any(|r| r.life == Life::Live(flight));
@@ -742,7 +742,7 @@ impl Model {
             .map(|r| r.id)
             .collect();
         for member in members {
-            // Rule 20: members keep the chunks already produced, then the outcome.
+            // Contract rule 20: members keep the chunks already produced, then the outcome.
             self.end_request(now, member, outcome.clone(), Some(f.log.clone()));
         }
         self.actions.push(Action::FlightEnded { flight });
@@ -792,7 +792,7 @@ impl Model {
             Outcome::TimedOut(_) => self.totals.timed_out += 1,
         }
         record.life = Life::Ended { outcome, rest };
-        // An unattached record waits `retention` for a client (rule 13); an
+        // An unattached record waits `retention` for a client (contract rule 13); an
         // attached one stays until its client drops it.
         record.deadline = record.reader.is_none().then(|| now + retention);
     }
@@ -822,7 +822,7 @@ impl Model {
             if busy >= self.config.max_concurrent_streams {
                 break;
             }
-            // Rule 6: only flights with an attached client take a slot, FIFO.
+            // Contract rule 6: only flights with an attached client take a slot, FIFO.
             let next = self
                 .flights
                 .iter()

@@ -573,11 +573,11 @@ fn run(config: Config, ops: &[Op], seen: &mut Seen) -> Result<(), TestCaseError>
     }
     prop_assert!(
         machine.is_empty(),
-        "rule 21: the core holds something at quiescence"
+        "contract rule 21: the core holds something at quiescence"
     );
     prop_assert!(
         model.is_empty(),
-        "rule 21: the model holds something at quiescence"
+        "contract rule 21: the model holds something at quiescence"
     );
     Ok(())
 }

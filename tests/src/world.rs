@@ -396,7 +396,7 @@ impl World {
                         ensure!(
                             reply == Reply::Request(Ok(())),
                             "attach after cancel within retention answered {reply:?} \
-                             (rule 13: must read Cancelled, never NotFound)"
+                             (contract rule 13: must read Cancelled, never NotFound)"
                         );
                     }
                 }
@@ -515,12 +515,12 @@ impl World {
                         let reply = self.input(input.clone())?;
                         ensure!(
                             reply == Reply::Flight(Err(StaleFlight)),
-                            "late {input:?} for ended {flight:?} accepted: {reply:?} (rule 16)"
+                            "late {input:?} for ended {flight:?} accepted: {reply:?} (contract rule 16)"
                         );
                     }
                     ensure!(
                         self.machine == before,
-                        "a late completion for ended {flight:?} changed the machine (rule 16)"
+                        "a late completion for ended {flight:?} changed the machine (contract rule 16)"
                     );
                 }
             }
@@ -555,7 +555,7 @@ impl World {
         );
         ensure!(
             self.machine.status(request).is_none(),
-            "detach left the record behind (rule 15)"
+            "detach left the record behind (contract rule 15)"
         );
         self.clients[i].dropped = true;
         Ok(())
@@ -582,7 +582,7 @@ impl World {
             Reply::Read(Ok(readiness), items) => {
                 ensure!(
                     !c.items.iter().any(|it| matches!(it, Item::End(_))),
-                    "{request:?} read {items:?} after its terminal item (rule 19)"
+                    "{request:?} read {items:?} after its terminal item (contract rule 19)"
                 );
                 if let Some(pos) = items.iter().position(|it| matches!(it, Item::End(_))) {
                     ensure!(
@@ -659,7 +659,7 @@ impl World {
         );
         ensure!(
             self.machine.is_empty(),
-            "machine not empty at quiescence (rule 21): {:?}",
+            "machine not empty at quiescence (contract rule 21): {:?}",
             self.machine.stats()
         );
         for (id, f) in &self.flights {
@@ -675,7 +675,7 @@ impl World {
             let r = c.request;
             let Some((Item::End(outcome), chunks)) = c.items.split_last() else {
                 return Err(Violation(format!(
-                    "{r:?} attached but never got a terminal item (rule 19): {:?} parked={}",
+                    "{r:?} attached but never got a terminal item (contract rule 19): {:?} parked={}",
                     c.items, c.parked
                 )));
             };
@@ -694,7 +694,7 @@ impl World {
             if c.cancelled_at.is_some() {
                 ensure!(
                     *outcome == Outcome::Cancelled,
-                    "{r:?} cancelled but its terminal is {outcome:?} (rule 14)"
+                    "{r:?} cancelled but its terminal is {outcome:?} (contract rule 14)"
                 );
             }
             let log: Option<&Vec<Bytes>> = match c.route {
@@ -705,12 +705,12 @@ impl World {
                 Some(log) => {
                     ensure!(
                         got.len() <= log.len() && got[..] == log[..got.len()],
-                        "{r:?} read {got:?}, not a prefix of its flight's log {log:?} (rule 7)"
+                        "{r:?} read {got:?}, not a prefix of its flight's log {log:?} (contract rule 7)"
                     );
                     if *outcome == Outcome::Completed || matches!(outcome, Outcome::Failed(_)) {
                         ensure!(
                             got == *log,
-                            "{r:?} ended {outcome:?} with {got:?}, log is {log:?} (rules 7, 20)"
+                            "{r:?} ended {outcome:?} with {got:?}, log is {log:?} (contract rules 7, 20)"
                         );
                     }
                 }

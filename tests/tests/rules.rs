@@ -1,4 +1,4 @@
-//! One or more tests per rule of the behaviour contract in SPEC.md (rules 1-24),
+//! One or more tests per rule of the behaviour contract in SPEC.md (contract rules 1-24),
 //! plus determinism and trace round-trips. Every test drives the pure core through
 //! `flightdeck_tests::driver::Driver`, which checks the machine's invariants after every step and that
 //! no action names a flight after its `FlightEnded`.
@@ -84,7 +84,7 @@ fn read_all(s: &mut Driver, r: RequestId) -> Vec<Item> {
     items
 }
 
-// ----- rule 1: submit answers at once; a rejected submit changes nothing ---------
+// ----- contract rule 1: submit answers at once; a rejected submit changes nothing ---------
 
 #[test]
 fn rule01_submit_returns_sequential_ids_at_once() {
@@ -151,7 +151,7 @@ fn rule01_rejected_submit_while_shutting_down_changes_nothing() {
     assert_eq!(s.machine, before);
 }
 
-// ----- rule 2: join a live flight, or the cache, or a new flight ------------------
+// ----- contract rule 2: join a live flight, or the cache, or a new flight ------------------
 
 #[test]
 fn rule02_same_key_joins_live_flight_in_every_phase() {
@@ -252,7 +252,7 @@ fn rule02_no_live_flight_and_no_cache_creates_a_new_queued_flight() {
     assert_eq!(again.route, Route::NewFlight(FlightId::from_raw(2)));
 }
 
-// ----- rule 3: the queue holds flights, FIFO, bounded; positions observable ------
+// ----- contract rule 3: the queue holds flights, FIFO, bounded; positions observable ------
 
 #[test]
 fn rule03_queue_is_fifo_and_positions_are_observable() {
@@ -303,7 +303,7 @@ fn rule03_queue_is_bounded_by_capacity() {
     assert_eq!(s.machine.stats().queued, 2);
 }
 
-// ----- rule 4: concurrency limits ----------------------------------------------
+// ----- contract rule 4: concurrency limits ----------------------------------------------
 
 #[test]
 fn rule04_preparations_and_streams_are_bounded() {
@@ -345,7 +345,7 @@ fn rule04_preparations_and_streams_are_bounded() {
     );
 }
 
-// ----- rule 5: preparation slots, and preparation never waits for a stream ------
+// ----- contract rule 5: preparation slots, and preparation never waits for a stream ------
 
 #[test]
 fn rule05_preparation_never_waits_for_a_stream_slot() {
@@ -436,7 +436,7 @@ fn rule05_preparation_slot_released_in_the_same_step_on_abort() {
     );
 }
 
-// ----- rule 6: stream waiters FIFO; no stream slot without a client -------------
+// ----- contract rule 6: stream waiters FIFO; no stream slot without a client -------------
 
 #[test]
 fn rule06_prepared_flight_without_reader_takes_no_stream_slot_until_one_attaches() {
@@ -526,7 +526,7 @@ fn rule06_flight_whose_only_reader_leaves_gives_up_its_place_in_line() {
     assert_eq!(state(&s, b2), RequestState::WaitingForStream);
 }
 
-// ----- rule 7: every chunk reaches every reader once, in order, with replay ------
+// ----- contract rule 7: every chunk reaches every reader once, in order, with replay ------
 
 #[test]
 fn rule07_late_joiner_replays_every_chunk_exactly_once_in_order() {
@@ -610,7 +610,7 @@ fn rule07_a_read_that_returns_chunks_parks_the_reader_too() {
     assert!(s.take().is_empty(), "no wake after the terminal item");
 }
 
-// ----- rule 8: completion ends all members, caches, hands the slot on ------------
+// ----- contract rule 8: completion ends all members, caches, hands the slot on ------------
 
 #[test]
 fn rule08_completion_ends_every_member_caches_and_hands_the_slot_on() {
@@ -650,7 +650,7 @@ fn rule08_uncacheable_result_is_not_cached() {
     assert!(matches!(s.submit("k").route, Route::NewFlight(_)));
 }
 
-// ----- rule 9: cancel is idempotent; unknown and finished are errors ---------------
+// ----- contract rule 9: cancel is idempotent; unknown and finished are errors ---------------
 
 #[test]
 fn rule09_cancel_is_idempotent() {
@@ -694,7 +694,7 @@ fn rule09_cancel_finished_request_says_so_and_changes_nothing() {
     assert!(s.take().is_empty());
 }
 
-// ----- rule 10: cancelling the last member of a queued flight dequeues it --------
+// ----- contract rule 10: cancelling the last member of a queued flight dequeues it --------
 
 #[test]
 fn rule10_cancelling_last_member_of_queued_flight_removes_it_from_the_queue() {
@@ -718,7 +718,7 @@ fn rule10_cancelling_last_member_of_queued_flight_removes_it_from_the_queue() {
     assert_eq!(s.machine.stats().totals.preparations_started, 2);
 }
 
-// ----- rule 11: cancelling one of several members ends only that request --------
+// ----- contract rule 11: cancelling one of several members ends only that request --------
 
 #[test]
 fn rule11_cancelling_one_member_leaves_the_flight_to_the_others() {
@@ -741,7 +741,7 @@ fn rule11_cancelling_one_member_leaves_the_flight_to_the_others() {
     assert_eq!(read_all(&mut s, a1), vec![Item::End(Outcome::Cancelled)]);
 }
 
-// ----- rule 12: the last member leaving aborts and hands the slot on at once -----
+// ----- contract rule 12: the last member leaving aborts and hands the slot on at once -----
 
 #[test]
 fn rule12_cancelling_last_member_aborts_and_starts_next_stream_in_same_call() {
@@ -793,7 +793,7 @@ fn rule12_cancelling_last_member_of_waiting_flight_ends_it_without_abort() {
     assert_eq!(s.machine.stats().waiting_for_stream, 0);
 }
 
-// ----- rule 13: cancel then attach yields Cancelled within the retention --------
+// ----- contract rule 13: cancel then attach yields Cancelled within the retention --------
 
 #[test]
 fn rule13_cancel_then_attach_within_retention_yields_cancelled() {
@@ -818,7 +818,7 @@ fn rule13_cancelled_record_is_gone_after_retention() {
     assert_eq!(s.try_cancel(a), Err(RequestError::NotFound));
 }
 
-// ----- rule 14: cancel mid-read ---------------------------------------------------
+// ----- contract rule 14: cancel mid-read ---------------------------------------------------
 
 #[test]
 fn rule14_cancel_mid_read_yields_given_chunks_then_cancelled_last() {
@@ -854,7 +854,7 @@ fn rule14_cancel_wakes_a_waiting_reader_with_the_cancellation() {
     assert_eq!(read_all(&mut s, a), vec![Item::End(Outcome::Cancelled)]);
 }
 
-// ----- rule 15: a client dropping its stream cancels and removes the record -----
+// ----- contract rule 15: a client dropping its stream cancels and removes the record -----
 
 #[test]
 fn rule15_detach_cancels_the_request_and_removes_the_record_at_once() {
@@ -890,7 +890,7 @@ fn rule15_detach_after_the_end_removes_the_record() {
     assert_eq!(s.machine.stats().totals.completed, 1);
 }
 
-// ----- rule 16: late completions are ignored ----------------------------------------
+// ----- contract rule 16: late completions are ignored ----------------------------------------
 
 #[test]
 fn rule16_late_prepared_for_aborted_flight_is_stale_and_changes_nothing() {
@@ -985,7 +985,7 @@ fn rule16_late_prepared_after_preparation_timeout_is_stale() {
     assert_eq!(s.machine, before);
 }
 
-// ----- rule 17: every phase has a deadline ---------------------------------------
+// ----- contract rule 17: every phase has a deadline ---------------------------------------
 
 #[test]
 fn rule17_queue_deadline_ends_queued_flight_and_frees_its_place() {
@@ -1252,7 +1252,7 @@ fn rule17_cache_evicts_oldest_at_capacity() {
     assert_eq!(s.submit("c").route, Route::Cached);
 }
 
-// ----- rule 18: the driver sleeps exactly until the earliest deadline ------------
+// ----- contract rule 18: the driver sleeps exactly until the earliest deadline ------------
 
 #[test]
 fn rule18_poll_timeout_is_the_earliest_deadline_exactly() {
@@ -1338,7 +1338,7 @@ fn rule18_pending_deadlines_are_one_per_owner() {
     );
 }
 
-// ----- rule 19: exactly one terminal item, last ----------------------------------
+// ----- contract rule 19: exactly one terminal item, last ----------------------------------
 
 #[test]
 fn rule19_every_attached_request_yields_exactly_one_terminal_item_last() {
@@ -1375,7 +1375,7 @@ fn rule19_every_attached_request_yields_exactly_one_terminal_item_last() {
     }
 }
 
-// ----- rule 20: failures end every member after the delivered chunks -----------
+// ----- contract rule 20: failures end every member after the delivered chunks -----------
 
 #[test]
 fn rule20_failed_upstream_ends_every_member_after_its_chunks_and_caches_nothing() {
@@ -1429,7 +1429,7 @@ fn rule20_failed_preparation_ends_every_member_and_caches_nothing() {
     assert_eq!(s.machine.stats().preparation_slots_in_use, 0);
 }
 
-// ----- rule 21: nothing is left once everything ended ----------------------------
+// ----- contract rule 21: nothing is left once everything ended ----------------------------
 
 #[test]
 fn rule21_machine_is_empty_after_everything_ends_and_retentions_pass() {
@@ -1497,7 +1497,7 @@ fn rule21_machine_is_empty_after_shutdown_and_retentions() {
     assert!(s.machine.is_empty());
 }
 
-// ----- rule 22: errors are values --------------------------------------------------
+// ----- contract rule 22: errors are values --------------------------------------------------
 
 type SetField = fn(&mut Config);
 
@@ -1677,7 +1677,7 @@ fn rule22_time_running_backwards_is_clamped_not_a_panic() {
     assert_eq!(s.machine.poll_timeout(), Some(ms(7_000)));
 }
 
-// ----- rule 23: a panicking user future fails its flight and leaks nothing ------
+// ----- contract rule 23: a panicking user future fails its flight and leaks nothing ------
 
 #[test]
 fn rule23_panicked_work_releases_its_slot_and_leaves_nothing_behind() {
@@ -1708,7 +1708,7 @@ fn rule23_panicked_work_releases_its_slot_and_leaves_nothing_behind() {
     assert!(s.machine.is_empty());
 }
 
-// ----- rule 24: stats --------------------------------------------------------------
+// ----- contract rule 24: stats --------------------------------------------------------------
 
 #[test]
 fn rule24_stats_gauges_are_exact() {

@@ -88,7 +88,7 @@ fn phases(rig: &Driver) -> (usize, usize, usize, usize) {
 
 // ----- Implicit Decoupling --------------------------------------------------
 
-/// Rules 3, 4, 5, 6, 8 (seed 002 "Implicit Decoupling"): 100 distinct requests,
+/// Contract rules 3, 4, 5, 6, 8 (seed 002 "Implicit Decoupling"): 100 distinct requests,
 /// limits 10/5, instant preparation. Preparation never waits for a stream slot:
 /// all 100 get prepared while exactly 5 stream and the other 95 wait, FIFO, and
 /// each finished stream hands its slot to the next waiter in the same step.
@@ -172,7 +172,7 @@ fn seed002_hundred_requests_prepare_while_five_stream() {
     assert_eq!(s.preparation_slots_in_use, 0);
 
     // Streams finish in order; each slot goes to the next waiter, FIFO, in the
-    // same step (rule 8).
+    // same step (contract rule 8).
     for j in 0..100u64 {
         rig.try_chunk(f(j), format!("answer {j}")).unwrap();
         assert_eq!(rig.take(), vec![]);
@@ -200,7 +200,7 @@ fn seed002_hundred_requests_prepare_while_five_stream() {
     assert_eq!(s.totals.streams_started, 100);
     assert_eq!(s.totals.completed, 100);
     assert_eq!(s.cache_entries, 100);
-    // Rule 21: once the cache entries expire (cache_ttl after t=0), nothing is left.
+    // Contract rule 21: once the cache entries expire (cache_ttl after t=0), nothing is left.
     assert_eq!(rig.machine.poll_timeout(), Some(ms(600_000)));
     rig.at(600_000).timeout();
     assert!(rig.machine.is_empty(), "{:?}", rig.stats());
@@ -208,7 +208,7 @@ fn seed002_hundred_requests_prepare_while_five_stream() {
 
 // ----- Concurrent & Parallel: the thundering herd ---------------------------
 
-/// Rules 2, 7, 8, 19, 24 (seed 001 "Concurrent & Parallel", the thundering
+/// Contract rules 2, 7, 8, 19, 24 (seed 001 "Concurrent & Parallel", the thundering
 /// herd): ten identical requests make one flight, one preparation and exactly
 /// one upstream stream; a late joiner replays from the first chunk; every
 /// member reads every chunk once, in order, then one `End(Completed)`; the
@@ -226,7 +226,7 @@ fn seed001_thundering_herd_makes_one_upstream_stream() {
         assert_eq!(rig.take(), vec![], "a joiner starts nothing");
         assert_eq!(rig.state(r(i)), Some(RequestState::Preparing));
     }
-    // Rule 2: joiners take no queue place and no preparation slot.
+    // Contract rule 2: joiners take no queue place and no preparation slot.
     assert_eq!(phases(&rig), (0, 1, 0, 0));
     assert_eq!(rig.stats().totals.coalesced, 9);
     for i in 0..10 {
@@ -325,7 +325,7 @@ fn seed001_thundering_herd_makes_one_upstream_stream() {
 
 // ----- A War Against Race Conditions ----------------------------------------
 
-/// Rules 9, 10, 13 (seed 004 "A War Against Race Conditions" problem #2, the
+/// Contract rules 9, 10, 13 (seed 004 "A War Against Race Conditions" problem #2, the
 /// pre-emptive cleanup; seed 003): cancel a request nobody reads yet, then
 /// attach: the stream yields `End(Cancelled)`, never "not found". Cancelling
 /// again is idempotent. A cancelled queued flight starts no work.
@@ -341,7 +341,7 @@ fn seed004_cancel_then_stream_reads_cancelled_not_not_found() {
     assert_eq!(rig.take(), vec![]);
     assert_eq!(rig.position(b), Some(0));
 
-    // The queued one first (rule 10): it leaves the queue, no work ever starts.
+    // The queued one first (contract rule 10): it leaves the queue, no work ever starts.
     rig.at(4).cancel(b);
     assert_eq!(rig.take(), vec![ended(f(1))]);
     assert_eq!(phases(&rig), (0, 1, 0, 0));
@@ -353,7 +353,7 @@ fn seed004_cancel_then_stream_reads_cancelled_not_not_found() {
     );
     assert_eq!(rig.state(a), Some(RequestState::Cancelled));
     assert_eq!(rig.state(b), Some(RequestState::Cancelled));
-    // Rule 9: idempotent, still nothing to do.
+    // Contract rule 9: idempotent, still nothing to do.
     assert_eq!(rig.try_cancel(a), Ok(()));
     assert_eq!(rig.try_cancel(b), Ok(()));
     assert_eq!(rig.take(), vec![]);
@@ -381,7 +381,7 @@ fn seed004_cancel_then_stream_reads_cancelled_not_not_found() {
     assert!(rig.machine.is_empty(), "{:?}", rig.stats());
 }
 
-/// Rules 14, 19 (seed 004 problem #3, the muted messenger; seed 003): a client
+/// Contract rules 14, 19 (seed 004 problem #3, the muted messenger; seed 003): a client
 /// reading mid-stream cancels; it is woken and reads `End(Cancelled)` as its
 /// last item, after the chunks it already read. Guaranteed, not a last gasp.
 #[test]
@@ -428,7 +428,7 @@ fn seed004_cancel_mid_stream_ends_with_cancelled() {
     assert!(rig.machine.is_empty(), "{:?}", rig.stats());
 }
 
-/// Rules 11, 7, 8 (seed 001 "Concurrent & Parallel": the leader cancels, the
+/// Contract rules 11, 7, 8 (seed 001 "Concurrent & Parallel": the leader cancels, the
 /// broadcast goes on for the followers; no immortal leader is needed): the
 /// first member cancels while the others read; it reads `End(Cancelled)`, the
 /// upstream is not aborted and the others read on to `End(Completed)`.
@@ -498,7 +498,7 @@ fn seed001_first_member_cancels_others_read_on() {
 
 // ----- For The Greater Good: no zombie slots --------------------------------
 
-/// Rules 12, 15, 5, 8 (seed 003 "For The Greater Good", the zombie holding a
+/// Contract rules 12, 15, 5, 8 (seed 003 "For The Greater Good", the zombie holding a
 /// semaphore slot; seed 004 problem #1): when the last member leaves, the work
 /// is aborted and its slot goes to the next waiter in the same step: one
 /// `poll_action` drain holds the `Abort`, the `FlightEnded` and the next
@@ -533,7 +533,7 @@ fn seed003_last_member_leaving_frees_the_slot_in_the_same_step() {
     assert_eq!(rig.state(b), Some(RequestState::Streaming));
     assert_eq!(phases(&rig), (0, 0, 0, 1));
 
-    // The preparation slot, by dropping the stream (rule 15): the record goes too.
+    // The preparation slot, by dropping the stream (contract rule 15): the record goes too.
     let c = rig.at(5).submit("c").request;
     assert_eq!(rig.take(), vec![start_prep(f(2), "c")]);
     let d = rig.submit("d").request;
@@ -555,7 +555,7 @@ fn seed003_last_member_leaving_frees_the_slot_in_the_same_step() {
     assert_eq!((s.preparation_slots_in_use, s.stream_slots_in_use), (1, 1));
 }
 
-/// Rule 16 (seed 004, a worker reporting after its request was cleaned up):
+/// Contract rule 16 (seed 004, a worker reporting after its request was cleaned up):
 /// results from aborted work are refused and change nothing, even after a new
 /// flight started; they never reach the new flight's reader.
 #[test]
@@ -624,7 +624,7 @@ fn seed004_late_completions_after_abort_are_ignored() {
 
 // ----- Deadlines: the janitor, done right (seeds 000, 001) ------------------
 
-/// Rules 17, 18 (seed 001's janitor "timed out in queue"; seed 000 "Superior
+/// Contract rules 17, 18 (seed 001's janitor "timed out in queue"; seed 000 "Superior
 /// Event-Driven": no polling): the queue deadline fires exactly
 /// `queue_timeout` after the submit, the flight leaves the queue and no work
 /// ever starts for it.
@@ -665,7 +665,7 @@ fn timeout_queue() {
     assert_eq!(rig.machine.poll_timeout(), Some(ms(1_000_000)));
 }
 
-/// Rules 17, 5 (seed 001's janitor "timed out during processing"): the
+/// Contract rules 17, 5 (seed 001's janitor "timed out during processing"): the
 /// preparation deadline fires exactly `preparation_timeout` after the
 /// preparation started; it is aborted and its slot goes to the queued flight
 /// in the same step.
@@ -710,7 +710,7 @@ fn timeout_preparation() {
     );
 }
 
-/// Rules 17, 6: a prepared flight waits for a stream slot at most
+/// Contract rules 17, 6: a prepared flight waits for a stream slot at most
 /// `stream_slot_timeout`, counted from the end of its preparation; nothing
 /// ever ran for it, so nothing is aborted.
 #[test]
@@ -751,7 +751,7 @@ fn timeout_stream_slot() {
     assert_eq!(rig.stats().totals.streams_started, 1);
 }
 
-/// Rule 17: the whole stream may last `stream_timeout` from its start, however
+/// Contract rule 17: the whole stream may last `stream_timeout` from its start, however
 /// steadily chunks arrive (each chunk re-arms the idle deadline, capped by the
 /// total one). The reader keeps its chunks, then reads the timeout.
 #[test]
@@ -799,7 +799,7 @@ fn timeout_stream_total() {
     assert_eq!(rig.stats().cache_entries, 0);
 }
 
-/// Rules 17, 12, 14: an upstream silent for `idle_timeout` is aborted at
+/// Contract rules 17, 12, 14: an upstream silent for `idle_timeout` is aborted at
 /// exactly the last chunk plus `idle_timeout`; its parked reader is woken and
 /// reads the timeout after its chunk, and the slot goes to the waiting flight
 /// in the same step.
@@ -854,7 +854,7 @@ fn timeout_idle() {
     assert_eq!(rig.machine.poll_timeout(), Some(ms(100)));
 }
 
-/// Rules 17, 6, 13 (Go `CLIENT_PICKUP_TIMEOUT`, seed 004): a request nobody
+/// Contract rules 17, 6, 13 (Go `CLIENT_PICKUP_TIMEOUT`, seed 004): a request nobody
 /// attaches to ends `attach_timeout` after its submit. Its prepared flight never
 /// took a stream slot (no client), so nothing is aborted; the record then stays
 /// for `finished_retention` so a late client reads the timeout.
@@ -899,7 +899,7 @@ fn timeout_attach() {
     assert!(rig.machine.is_empty(), "{:?}", rig.stats());
 }
 
-/// Rules 13, 17, 21 (seed 004 problem #2; seed 003): a cancelled record stays
+/// Contract rules 13, 17, 21 (seed 004 problem #2; seed 003): a cancelled record stays
 /// exactly `cancelled_retention`: a client attaching one millisecond before
 /// reads `End(Cancelled)`; at the deadline the unread record is gone (now
 /// "not found" is the truth) and the machine is empty.
@@ -946,7 +946,7 @@ fn timeout_cancelled_retention() {
     assert!(rig.machine.is_empty(), "{:?}", rig.stats());
 }
 
-/// Rules 13, 17, 2 (seed 001's cache; seed 004): a finished record nobody
+/// Contract rules 13, 17, 2 (seed 001's cache; seed 004): a finished record nobody
 /// attached to (here two cache hits) stays exactly `finished_retention` after
 /// it ended; then it is gone. The cache entry itself lives `cache_ttl`.
 #[test]
