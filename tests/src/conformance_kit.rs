@@ -1,6 +1,6 @@
 //! What the conformance scenarios and the stress test share: a scriptable
 //! preparer and upstream that count what they do and notice being dropped, and a
-//! reader that checks rule 19.
+//! reader that checks [rule 19](flightdeck_core::contract#rule-19).
 //!
 //! It lives in the harness library (rather than being included by path into each
 //! test binary) so that `tests/tests/conformance` and `tests/tests/stress.rs` use
@@ -311,7 +311,7 @@ pub async fn read_chunks<T: TestRt>(s: &mut ResultStream, n: usize) -> String {
     out
 }
 
-/// Reads to the end and checks rule 19: chunks, exactly one end, then `None`
+/// Reads to the end and checks [rule 19](flightdeck_core::contract#rule-19): chunks, exactly one end, then `None`
 /// (twice). Returns the chunks' text and the outcome.
 pub async fn read_all<T: TestRt>(s: &mut ResultStream) -> (String, Outcome) {
     let mut out = String::new();

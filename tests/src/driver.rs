@@ -1,12 +1,21 @@
-//! The virtual-time test driver for the pure core: one [`Machine`], a clock, and
-//! a check after every step.
+//! The virtual-time test driver for the pure core: one [`Machine`], a clock,
+//! what a real driver would know from the actions (which preparations and
+//! upstreams run), and a check after every step.
 //!
-//! Every method is one input at [`Driver::now`], after which the driver drains
-//! the machine's actions into its buffer and checks
+//! Every input goes in at [`Driver::now`], through the machine's typed methods
+//! (the rule tests and seed scenarios name them) or as an [`Input`] value
+//! ([`Driver::try_handle`], what the world and the model check use, and what
+//! makes a run a trace). After each the driver drains the machine's actions into
+//! its buffer and checks:
 //!
 //! - the machine's own invariants ([`Machine::check_invariants`]);
-//! - that no action names a flight after its `FlightEnded` (rule 16: nothing
-//!   is ever emitted for an ended generation).
+//! - that no action names a flight after its `Abort` or `FlightEnded`, and
+//!   `FlightEnded` comes once per flight ([rule 16](flightdeck_core::contract#rule-16): nothing is emitted
+//!   for an ended generation);
+//! - that `StartPreparation` and `StartStream` name a flight in the right phase
+//!   and respect the configured limits ([rule 4](flightdeck_core::contract#rule-4));
+//! - that an `Abort` names work that runs, and `FlightEnded` comes only once
+//!   the flight's work finished or was aborted (no work outlives its flight).
 //!
 //! A test states what one input produced by taking the buffer
 //! ([`Driver::take`]) after it. Like quinn-proto's test pair, there are two ways
@@ -15,33 +24,64 @@
 //! is left (retentions, cache expiries), and [`Driver::drive_bounded`] does the
 //! same for at most a given number of deadlines.
 //!
-//! Methods named `try_*` return the machine's answer; the others expect success
-//! and panic with a message otherwise (they are for tests).
+//! Methods named `try_*` return the machine's answer and panic on a broken
+//! check; the others also expect the input to be accepted (they are for tests).
+//! [`Driver::try_handle`] returns a broken check as a [`Violation`] instead, so
+//! that the explorer can shrink the path that led to it.
 //!
-//! # Why the world and the model check keep their own loops
-//! [`crate::world::World`] and [`crate::model_check`] drive the core too, but
-//! they encode different things: the world keeps what every simulated client and
-//! the upstream know, because the explorer fingerprints that whole state and
-//! enumerates the ops enabled in it; the model check feeds each input to the
-//! reference model in lockstep and compares replies and actions. Both go
-//! through [`Machine::handle`] (one `Input` value per step, which is what makes
-//! a run a trace), where this driver calls the typed methods the rule tests
-//! name. What is the same logic (invariants after every step, running out the
-//! clock) is the same code: they check with [`Machine::check_invariants`] and
-//! their ops come from one decoder per purpose ([`crate::world::Op`] for
-//! exploration and fuzzing, the model check's own ops for ids that may not
-//! exist).
+//! # What stays outside
+//! [`crate::world::World`] adds what simulated clients know (each client's
+//! request, reads and cancels, the log its flight should have), because the
+//! explorer fingerprints that whole state and enumerates the ops enabled in it.
+//! [`crate::model_check`] adds the reference model, fed the same inputs in
+//! lockstep. They keep their own op enums because the ops mean different
+//! things: [`crate::world::Op`] picks among the clients a world knows (every op
+//! is meaningful in every state, which keeps the explored space small), while
+//! [`crate::model_check::Op`] names raw ids, including ones never issued, so that
+//! the model is compared on every "not found" and stale answer too.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use flightdeck_core::{
-    Action, Bytes, Config, Failure, FlightId, Item, Key, Machine, Prepared, Readiness,
-    RequestError, RequestId, RequestState, Route, StaleFlight, Stats, Submission, SubmitError,
-    Time,
+    Action, Bytes, Config, Failure, FlightId, Input, Item, Key, Machine, Prepared, Readiness,
+    Reply, RequestError, RequestId, RequestState, Route, StaleFlight, Stats, Submission,
+    SubmitError, Time, Work,
 };
 
+/// A broken check, with what broke.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation(pub String);
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+macro_rules! ensure {
+    ($cond:expr, $($fmt:tt)+) => {
+        if !$cond {
+            return Err(Violation(format!($($fmt)+)));
+        }
+    };
+}
+
+/// What the driver knows about one flight, from the actions and the inputs it
+/// reported.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlightWork {
+    /// A preparation runs.
+    pub preparing: bool,
+    /// An upstream stream runs.
+    pub streaming: bool,
+    /// `Abort` was emitted.
+    pub aborted: bool,
+    /// `FlightEnded` was emitted.
+    pub ended: bool,
+}
+
 /// The pure core in virtual time, checked after every step. See the module docs.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Driver {
     /// The machine under test.
     pub machine: Machine,
@@ -49,10 +89,16 @@ pub struct Driver {
     pub now: Time,
     /// Actions emitted since the last [`Driver::take`].
     actions: Vec<Action>,
-    /// Flights whose `FlightEnded` was emitted.
-    ended: BTreeSet<FlightId>,
-    /// Everything each request's reader read through this driver, in order.
+    /// Every flight the actions named.
+    flights: BTreeMap<FlightId, FlightWork>,
+    /// Everything each request's reader read through the typed reads, in order.
     reads: BTreeMap<RequestId, Vec<Item>>,
+    /// Whether [`Driver::try_handle`] records its inputs and actions.
+    record: bool,
+    /// The recorded inputs, with their time.
+    steps: Vec<(Time, Input)>,
+    /// The actions each recorded input produced.
+    recorded: Vec<Vec<Action>>,
 }
 
 impl Driver {
@@ -62,15 +108,40 @@ impl Driver {
     /// The configuration is invalid.
     #[must_use]
     pub fn new(config: Config) -> Self {
+        Self::try_new(config).expect("valid config")
+    }
+
+    /// A driver around a fresh machine with `config` at time zero.
+    ///
+    /// # Errors
+    /// The configuration is invalid.
+    pub fn try_new(config: Config) -> Result<Self, flightdeck_core::ConfigError> {
         let driver = Driver {
-            machine: Machine::new(config).expect("valid config"),
+            machine: Machine::new(config)?,
             now: Time::ZERO,
             actions: Vec::new(),
-            ended: BTreeSet::new(),
+            flights: BTreeMap::new(),
             reads: BTreeMap::new(),
+            record: false,
+            steps: Vec::new(),
+            recorded: Vec::new(),
         };
         driver.check();
-        driver
+        Ok(driver)
+    }
+
+    /// Records every input [`Driver::try_handle`] takes, and the actions it
+    /// produced, from now on (see [`Driver::recorded`]).
+    #[must_use]
+    pub fn recording(mut self) -> Self {
+        self.record = true;
+        self
+    }
+
+    /// The recorded inputs with their time, and the actions each produced.
+    #[must_use]
+    pub fn recorded(&self) -> (&[(Time, Input)], &[Vec<Action>]) {
+        (&self.steps, &self.recorded)
     }
 
     /// Checks the machine's invariants.
@@ -83,29 +154,156 @@ impl Driver {
         }
     }
 
+    /// One input as a value: hands it to [`Machine::handle`], notes the work it
+    /// reports finished, drains and checks the actions (they stay in the buffer
+    /// for [`Driver::take`]), and checks the machine's invariants.
+    ///
+    /// # Errors
+    /// The first broken check.
+    pub fn try_handle(&mut self, input: Input) -> Result<Reply, Violation> {
+        let reports_end = match &input {
+            Input::Prepared { flight, .. } => Some((*flight, Work::Preparation)),
+            Input::UpstreamEnded { flight, .. } => Some((*flight, Work::Stream)),
+            _ => None,
+        };
+        if self.record {
+            self.steps.push((self.now, input.clone()));
+        }
+        let first = self.actions.len();
+        let reply = self.machine.handle(self.now, input);
+        if let (Some((flight, work)), Reply::Flight(Ok(()))) = (reports_end, &reply) {
+            self.finished(flight, work);
+        }
+        self.try_step()?;
+        if self.record {
+            self.recorded.push(self.actions[first..].to_vec());
+        }
+        Ok(reply)
+    }
+
+    /// Notes that `flight`'s `work` reported its end and the machine took it.
+    fn finished(&mut self, flight: FlightId, work: Work) {
+        let f = self.flights.entry(flight).or_default();
+        match work {
+            Work::Preparation => f.preparing = false,
+            _ => f.streaming = false,
+        }
+    }
+
     /// Drains the machine's actions into the buffer, checking each, then the
-    /// machine's invariants.
+    /// machine's invariants; panics on a broken check.
     fn step(&mut self) {
+        if let Err(v) = self.try_step() {
+            panic!("after a step at {}: {v}", self.now);
+        }
+    }
+
+    fn try_step(&mut self) -> Result<(), Violation> {
         while let Some(a) = self.machine.poll_action() {
-            let named = match &a {
-                Action::StartPreparation { flight, .. }
-                | Action::StartStream { flight }
-                | Action::Abort { flight, .. }
-                | Action::FlightEnded { flight } => Some(*flight),
-                _ => None,
-            };
-            if let Some(f) = named {
-                assert!(
-                    !self.ended.contains(&f),
-                    "action {a:?} names {f} after its FlightEnded"
-                );
-            }
-            if let Action::FlightEnded { flight } = &a {
-                self.ended.insert(*flight);
-            }
+            self.on_action(&a)?;
             self.actions.push(a);
         }
-        self.check();
+        self.machine
+            .check_invariants()
+            .map_err(|v| Violation(v.to_string()))
+    }
+
+    fn on_action(&mut self, action: &Action) -> Result<(), Violation> {
+        let config = self.machine.config().clone();
+        match action {
+            Action::StartPreparation { flight, .. } => {
+                let f = self.flights.entry(*flight).or_default();
+                ensure!(
+                    !f.ended && !f.aborted && !f.preparing && !f.streaming,
+                    "StartPreparation for {flight:?} in a wrong phase: {f:?}"
+                );
+                f.preparing = true;
+                let n = self.running_preparations().len();
+                ensure!(
+                    n <= config.max_concurrent_requests,
+                    "{n} preparations exceed max_concurrent_requests"
+                );
+            }
+            Action::StartStream { flight } => {
+                let f = self.flights.entry(*flight).or_default();
+                ensure!(
+                    !f.ended && !f.aborted && !f.preparing && !f.streaming,
+                    "StartStream for {flight:?} in a wrong phase: {f:?}"
+                );
+                f.streaming = true;
+                let n = self.running_streams().len();
+                ensure!(
+                    n <= config.max_concurrent_streams,
+                    "{n} streams exceed max_concurrent_streams"
+                );
+            }
+            Action::Abort { flight, work } => {
+                let f = self.flights.entry(*flight).or_default();
+                ensure!(!f.ended && !f.aborted, "Abort for ended {flight:?}");
+                let running = match work {
+                    Work::Preparation => f.preparing,
+                    Work::Stream => f.streaming,
+                    _ => false,
+                };
+                ensure!(
+                    running,
+                    "Abort {work:?} for {flight:?} that runs no such work"
+                );
+                f.aborted = true;
+                f.preparing = false;
+                f.streaming = false;
+            }
+            Action::FlightEnded { flight } => {
+                let f = self.flights.entry(*flight).or_default();
+                ensure!(!f.ended, "FlightEnded twice for {flight:?}");
+                f.ended = true;
+                ensure!(
+                    !f.preparing && !f.streaming,
+                    "FlightEnded for {flight:?} while its work runs and was not aborted"
+                );
+            }
+            Action::Wake { .. } => {}
+            other => return Err(Violation(format!("unknown action {other:?}"))),
+        }
+        Ok(())
+    }
+
+    /// What the driver knows about `flight`'s work.
+    #[must_use]
+    pub fn work(&self, flight: FlightId) -> Option<FlightWork> {
+        self.flights.get(&flight).copied()
+    }
+
+    fn flights_where(&self, pred: impl Fn(&FlightWork) -> bool) -> Vec<FlightId> {
+        self.flights
+            .iter()
+            .filter(|(_, f)| pred(f))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Flights with a running preparation, in id order.
+    #[must_use]
+    pub fn running_preparations(&self) -> Vec<FlightId> {
+        self.flights_where(|f| f.preparing)
+    }
+
+    /// Flights with a running upstream, in id order.
+    #[must_use]
+    pub fn running_streams(&self) -> Vec<FlightId> {
+        self.flights_where(|f| f.streaming)
+    }
+
+    /// Flights that ended (aborted or `FlightEnded`), in id order.
+    #[must_use]
+    pub fn ended_flights(&self) -> Vec<FlightId> {
+        self.flights_where(|f| f.ended || f.aborted)
+    }
+
+    /// Whether some user work (preparation or upstream) is running.
+    #[must_use]
+    pub fn work_pending(&self) -> bool {
+        self.flights.values().any(|f| f.preparing || f.streaming)
     }
 
     /// The actions emitted since the last call.
@@ -245,6 +443,9 @@ impl Driver {
         result: Result<Prepared, Failure>,
     ) -> Result<(), StaleFlight> {
         let res = self.machine.handle_prepared(self.now, f, result);
+        if res.is_ok() {
+            self.finished(f, Work::Preparation);
+        }
         self.step();
         res
     }
@@ -282,6 +483,9 @@ impl Driver {
     /// The flight was not streaming (a late end).
     pub fn try_end(&mut self, f: FlightId, result: Result<(), Failure>) -> Result<(), StaleFlight> {
         let res = self.machine.handle_upstream_end(self.now, f, result);
+        if res.is_ok() {
+            self.finished(f, Work::Stream);
+        }
         self.step();
         res
     }

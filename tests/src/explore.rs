@@ -8,7 +8,7 @@
 //! plus what clients and upstream know), computed with a deterministic hasher.
 //! Every transition runs all of [`World::apply`]'s checks; every state in which
 //! no user work is running is also run to quiescence on a copy
-//! ([`World::finish`]), checking rules 7, 13, 14, 19 and 21.
+//! ([`World::finish`]), checking rules [7](flightdeck_core::contract#rule-7), [13](flightdeck_core::contract#rule-13), [14](flightdeck_core::contract#rule-14), [19](flightdeck_core::contract#rule-19) and [21](flightdeck_core::contract#rule-21).
 //!
 //! # Checking your own configuration
 //! The explorer is a library API: build a [`Bound`] around your [`Config`] with
@@ -144,7 +144,7 @@ impl Bound {
     ///
     /// [`Bound::small`] never reads while work runs, so it cannot see what a
     /// reader that already holds chunks gets when its request is cancelled mid-
-    /// stream (rule 14, the Go "muted messenger"), nor a parked reader that is
+    /// stream ([rule 14](flightdeck_core::contract#rule-14), the Go "muted messenger"), nor a parked reader that is
     /// never woken. Reads multiply the state space, so this bound trades the
     /// third request for them; two requests still cover coalescing, a second
     /// key, cancel mid-stream with a reader and the slot handover.
@@ -303,7 +303,7 @@ pub fn enabled(world: &World, bound: &Bound) -> Vec<Op> {
     for i in 0..world.ended().len() {
         ops.push(Op::Late(idx(i)));
     }
-    if world.machine.poll_timeout().is_some() {
+    if world.machine().poll_timeout().is_some() {
         ops.push(Op::NextDeadline);
     }
     ops

@@ -3,10 +3,11 @@
 //! The core is sans-IO so that every race the Go original fought can be explored
 //! here exhaustively and replayed exactly. The modules:
 //!
-//! - [`driver`]: the virtual-time test driver the rule tests and seed scenarios
-//!   use: one machine, a clock, every invariant checked after every step;
-//! - [`world`]: a simulated world (clients, upstream, virtual time) driving the core,
-//!   checking every invariant after every step;
+//! - [`driver`]: the one virtual-time test driver (one machine, a clock, the work
+//!   that runs, every check after every step) that the rule tests, the seed
+//!   scenarios, the world and the model check all drive the core through;
+//! - [`world`]: a simulated world (clients and what they read) on top of the
+//!   driver, with the checks only clients can make;
 //! - [`scenario`]: the scenario decoder shared by tests, proptest and cargo-fuzz;
 //! - [`trace`]: postcard traces of `(Time, Input)` pairs, recorded and replayed;
 //! - [`explore`]: the exhaustive explorer (model checker) with state hashing;

@@ -15,12 +15,14 @@
 //!   contract fixes: per-flight order, FIFO slot order, the set of wakes);
 //! - the same status for every request id ever issued (and one beyond), the same
 //!   stats, the same `poll_timeout`;
-//! - `check_invariants()` on the core;
+//! - every check of the harness's driver ([`crate::driver`]): the core's
+//!   invariants, no action after a flight's end, starts in the right phase and
+//!   within the limits, aborts of running work only;
 //! - each reader's items so far are chunks followed by at most one end, and
-//!   nothing after it (rule 19), independently of both.
+//!   nothing after it ([rule 19](flightdeck_core::contract#rule-19)), independently of both.
 //!
 //! At the end every client drops its stream and time runs through every
-//! deadline; both must then be empty (rule 21).
+//! deadline; both must then be empty ([rule 21](flightdeck_core::contract#rule-21)).
 //!
 //! # Checking your own configuration
 //! ```no_run
@@ -40,6 +42,7 @@ use core::time::Duration;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
+use crate::driver::Driver;
 use crate::model::{normalise_actions, Model};
 use flightdeck_core::{
     Action, Bytes, Config, Failure, FlightId, Input, Item, Key, Machine, Outcome, Prepared,
@@ -86,7 +89,7 @@ pub enum Op {
     /// A running upstream fails.
     UpstreamFail(u8),
     /// A completion of kind `kind % 3` for flight id `flight % (flights + 1)`,
-    /// whatever its phase: mostly stale (rule 16).
+    /// whatever its phase: mostly stale ([rule 16](flightdeck_core::contract#rule-16)).
     Late {
         /// The flight id (modulo the flights created, plus one).
         flight: u8,
@@ -168,36 +171,16 @@ pub fn random_configs() -> impl Strategy<Value = Config> {
         )
 }
 
-/// What a driver knows from the actions: which preparations and streams run,
-/// in the order they started, and what each reader read.
+/// What the clients and the upstream of a case know beyond the driver: what
+/// each reader read, and how many chunks were made (for distinct contents).
 #[derive(Default)]
-struct Running {
-    preparing: Vec<FlightId>,
-    streaming: Vec<FlightId>,
+struct Clients {
     /// Items each request's reader got so far, by raw id.
     items: Vec<Vec<Item>>,
     chunks: u64,
 }
 
-impl Running {
-    fn observe(&mut self, actions: &[Action]) {
-        for action in actions {
-            match action {
-                Action::StartPreparation { flight, .. } => self.preparing.push(*flight),
-                Action::StartStream { flight } => self.streaming.push(*flight),
-                Action::Abort { flight, work } => match work {
-                    Work::Preparation => self.preparing.retain(|f| f != flight),
-                    _ => self.streaming.retain(|f| f != flight),
-                },
-                Action::FlightEnded { flight } => {
-                    self.preparing.retain(|f| f != flight);
-                    self.streaming.retain(|f| f != flight);
-                }
-                _ => {}
-            }
-        }
-    }
-
+impl Clients {
     fn pick(list: &[FlightId], which: u8) -> Option<FlightId> {
         let n = u64::try_from(list.len()).ok()?.checked_sub(1)?;
         list.get(usize::try_from(index(which, n)).ok()?).copied()
@@ -237,9 +220,9 @@ fn key(k: u8) -> Key {
 fn to_input(
     op: &Op,
     now: &mut Time,
-    driver: &mut Running,
+    driver: &mut Clients,
     model: &Model,
-    machine: &Machine,
+    core: &Driver,
 ) -> Option<Input> {
     // The raw id, or one past the last issued (not found).
     let request = |i: &u8| RequestId::from_raw(index(*i, model.requests_submitted()));
@@ -258,8 +241,7 @@ fn to_input(
             request: request(i),
         },
         Op::PrepareOk { which, cacheable } => {
-            let flight = Running::pick(&driver.preparing, *which)?;
-            driver.preparing.retain(|f| *f != flight);
+            let flight = Clients::pick(&core.running_preparations(), *which)?;
             let result = Ok(if *cacheable {
                 Prepared::CACHEABLE
             } else {
@@ -268,29 +250,26 @@ fn to_input(
             Input::Prepared { flight, result }
         }
         Op::PrepareFail(which) => {
-            let flight = Running::pick(&driver.preparing, *which)?;
-            driver.preparing.retain(|f| *f != flight);
+            let flight = Clients::pick(&core.running_preparations(), *which)?;
             let result = Err(Failure::Preparation("no".into()));
             Input::Prepared { flight, result }
         }
         Op::Chunk { which, len } => {
-            let flight = Running::pick(&driver.streaming, *which)?;
+            let flight = Clients::pick(&core.running_streams(), *which)?;
             Input::Chunk {
                 flight,
                 data: driver.next_chunk(*len),
             }
         }
         Op::UpstreamOk(which) => {
-            let flight = Running::pick(&driver.streaming, *which)?;
-            driver.streaming.retain(|f| *f != flight);
+            let flight = Clients::pick(&core.running_streams(), *which)?;
             Input::UpstreamEnded {
                 flight,
                 result: Ok(()),
             }
         }
         Op::UpstreamFail(which) => {
-            let flight = Running::pick(&driver.streaming, *which)?;
-            driver.streaming.retain(|f| *f != flight);
+            let flight = Clients::pick(&core.running_streams(), *which)?;
             let result = Err(Failure::Panicked {
                 work: Work::Stream,
                 message: "boom".into(),
@@ -315,7 +294,7 @@ fn to_input(
             }
         }
         Op::NextDeadline => {
-            if let Some(at) = machine.poll_timeout() {
+            if let Some(at) = core.machine.poll_timeout() {
                 *now = (*now).max(at);
             }
             Input::Timeout
@@ -338,16 +317,20 @@ fn step(
     n: usize,
     now: Time,
     input: &Input,
-    machine: &mut Machine,
+    core: &mut Driver,
     model: &mut Model,
-    driver: &mut Running,
+    driver: &mut Clients,
     seen: &mut Seen,
 ) -> Result<(), TestCaseError> {
     let before = match input {
         Input::Attach { request } | Input::Cancel { request } => model.status(*request),
         _ => None,
     };
-    let got = machine.handle(now, input.clone());
+    core.now = now;
+    // The driver checks the core's invariants and its actions after the step.
+    let got = core
+        .try_handle(input.clone())
+        .map_err(|v| TestCaseError::fail(format!("step {n}: {input:?} at {now}: {v}")))?;
     seen.log.push(format!("{n:>3} @{now} {input:?} => {got:?}"));
     let want = model.handle(now, input.clone());
     prop_assert_eq!(
@@ -358,10 +341,7 @@ fn step(
         input,
         now
     );
-    let mut actions = Vec::new();
-    while let Some(a) = machine.poll_action() {
-        actions.push(a);
-    }
+    let actions = core.take();
     let predicted = model.take_actions();
     prop_assert_eq!(
         normalise_actions(&actions),
@@ -373,12 +353,8 @@ fn step(
         actions,
         predicted
     );
-    driver.observe(&actions);
     note_step(seen, before.as_ref(), &got, &actions);
-    if let Err(violation) = machine.check_invariants() {
-        return Err(TestCaseError::fail(format!("step {n}: {violation}")));
-    }
-    compare_observations(n, machine, model, seen)?;
+    compare_observations(n, &core.machine, model, seen)?;
     if let (Input::Read { request }, Reply::Read(result, items)) = (input, &got) {
         check_reader(n, *request, result, items, driver, seen)?;
     }
@@ -459,13 +435,13 @@ fn compare_observations(
     Ok(())
 }
 
-/// Rule 19 on its own, independent of the model: chunks, then one end, then nothing.
+/// [Rule 19](flightdeck_core::contract#rule-19) on its own, independent of the model: chunks, then one end, then nothing.
 fn check_reader(
     n: usize,
     request: RequestId,
     result: &Result<Readiness, flightdeck_core::RequestError>,
     items: &[Item],
-    driver: &mut Running,
+    driver: &mut Clients,
     seen: &mut Seen,
 ) -> Result<(), TestCaseError> {
     let Ok(readiness) = result else {
@@ -527,17 +503,17 @@ fn check_reader(
 
 fn run(config: Config, ops: &[Op], seen: &mut Seen) -> Result<(), TestCaseError> {
     seen.log.clear();
-    let mut machine =
-        Machine::new(config.clone()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let mut core =
+        Driver::try_new(config.clone()).map_err(|e| TestCaseError::fail(e.to_string()))?;
     let mut model = Model::new(config).map_err(|e| TestCaseError::fail(e.to_string()))?;
-    let mut driver = Running::default();
+    let mut driver = Clients::default();
     let mut now = Time::ZERO;
     for (n, op) in ops.iter().enumerate() {
-        let Some(input) = to_input(op, &mut now, &mut driver, &model, &machine) else {
-            compare_observations(n, &machine, &model, seen)?;
+        let Some(input) = to_input(op, &mut now, &mut driver, &model, &core) else {
+            compare_observations(n, &core.machine, &model, seen)?;
             continue;
         };
-        step(n, now, &input, &mut machine, &mut model, &mut driver, seen)?;
+        step(n, now, &input, &mut core, &mut model, &mut driver, seen)?;
     }
     // Quiescence: every client drops its stream, then time runs out every
     // deadline (running work is never reported again; its deadlines end it).
@@ -549,7 +525,7 @@ fn run(config: Config, ops: &[Op], seen: &mut Seen) -> Result<(), TestCaseError>
                 n,
                 now,
                 &Input::Detach { request },
-                &mut machine,
+                &mut core,
                 &mut model,
                 &mut driver,
                 seen,
@@ -557,13 +533,13 @@ fn run(config: Config, ops: &[Op], seen: &mut Seen) -> Result<(), TestCaseError>
             n += 1;
         }
     }
-    while let Some(at) = machine.poll_timeout() {
+    while let Some(at) = core.machine.poll_timeout() {
         now = now.max(at);
         step(
             n,
             now,
             &Input::Timeout,
-            &mut machine,
+            &mut core,
             &mut model,
             &mut driver,
             seen,
@@ -572,7 +548,7 @@ fn run(config: Config, ops: &[Op], seen: &mut Seen) -> Result<(), TestCaseError>
         prop_assert!(n < ops.len() + 10_000, "deadlines never run out");
     }
     prop_assert!(
-        machine.is_empty(),
+        core.machine.is_empty(),
         "contract rule 21: the core holds something at quiescence"
     );
     prop_assert!(
