@@ -209,7 +209,11 @@ impl Driver {
     }
 
     fn on_action(&mut self, action: &Action) -> Result<(), Violation> {
-        let config = self.machine.config().clone();
+        let config = self.machine.config();
+        let (max_preparations, max_streams) = (
+            config.max_concurrent_requests,
+            config.max_concurrent_streams,
+        );
         match action {
             Action::StartPreparation { flight, .. } => {
                 let f = self.flights.entry(*flight).or_default();
@@ -218,9 +222,9 @@ impl Driver {
                     "StartPreparation for {flight:?} in a wrong phase: {f:?}"
                 );
                 f.preparing = true;
-                let n = self.running_preparations().len();
+                let n = self.flights.values().filter(|f| f.preparing).count();
                 ensure!(
-                    n <= config.max_concurrent_requests,
+                    n <= max_preparations,
                     "{n} preparations exceed max_concurrent_requests"
                 );
             }
@@ -231,9 +235,9 @@ impl Driver {
                     "StartStream for {flight:?} in a wrong phase: {f:?}"
                 );
                 f.streaming = true;
-                let n = self.running_streams().len();
+                let n = self.flights.values().filter(|f| f.streaming).count();
                 ensure!(
-                    n <= config.max_concurrent_streams,
+                    n <= max_streams,
                     "{n} streams exceed max_concurrent_streams"
                 );
             }
