@@ -8,7 +8,29 @@
 //! plus what clients and upstream know), computed with a deterministic hasher.
 //! Every transition runs all of [`World::apply`]'s checks; every state in which
 //! no user work is running is also run to quiescence on a copy
-//! ([`World::finish`]), checking rules 7, 13, 14, 19 and 21.
+//! ([`World::finish`]), checking rules [7](flightdeck_core::contract#rule-7), [13](flightdeck_core::contract#rule-13), [14](flightdeck_core::contract#rule-14), [19](flightdeck_core::contract#rule-19) and [21](flightdeck_core::contract#rule-21).
+//!
+//! # Checking your own configuration
+//! The explorer is a library API: build a [`Bound`] around your [`Config`] with
+//! [`Bound::new`] and its setters, and call [`explore`] (progress lines on
+//! standard error) or [`explore_with`] (your own progress callback). A
+//! [`Bound::property`] adds a check of your own to every state. The `verify`
+//! binary of this crate does the same from the command line.
+//!
+//! ```no_run
+//! use flightdeck_tests::explore::{explore, Bound};
+//! # let my_config = flightdeck_core::Config::default();
+//! let bound = Bound::new(my_config).requests(3).keys(2).chunks(2).reads(true);
+//! match explore(&bound) {
+//!     Ok(report) => println!("{} states, every invariant holds", report.states),
+//!     Err(counterexample) => panic!("{counterexample}"),
+//! }
+//! ```
+//!
+//! The state space grows very fast with `requests` (each request brings a
+//! client that can attach, read, cancel and drop at every step): three requests
+//! over two keys is a couple of million states (a minute); four is beyond what a
+//! laptop explores in an hour unless reads are off and the limits are 1/1.
 //!
 //! On a violation the explorer shrinks the path of ops (drops every op and pair
 //! of ops it can, and lowers indices, while a violation is still reached),
@@ -25,7 +47,12 @@ use flightdeck_core::Config;
 use crate::trace::Trace;
 use crate::world::{Op, World};
 
-/// The bound of an exploration.
+/// A check of your own that the explorer runs in every state it visits (after
+/// the built-in ones). Return `Err` with a message to report a violation.
+pub type Property = fn(&World) -> Result<(), String>;
+
+/// The bound of an exploration: the configuration under test and how far the
+/// explorer goes. Build one with [`Bound::new`] and the setters.
 #[derive(Clone, Debug)]
 pub struct Bound {
     /// The machine's configuration.
@@ -40,21 +67,75 @@ pub struct Bound {
     pub uncacheable: bool,
     /// Whether clients may read (reads are always done at quiescence).
     pub reads: bool,
+    /// An extra check run in every state, if any (see [`Property`]).
+    pub property: Option<Property>,
 }
 
 impl Bound {
-    /// The CI bound: 3 requests over 2 keys, limits 1/1, 2 chunks per flight;
-    /// clients read only when run to quiescence (every idle state is).
+    /// A bound around `config`: 3 requests over 2 keys, 2 chunks per upstream,
+    /// cacheable results only, clients read only at quiescence, no extra
+    /// property. Every timeout of `config` is explored in every order it can
+    /// fire in, so small, distinct timeouts cost nothing extra.
     #[must_use]
-    pub fn small() -> Bound {
+    pub fn new(config: Config) -> Bound {
         Bound {
-            config: config(1, 1),
+            config,
             requests: 3,
             keys: 2,
             chunks: 2,
             uncacheable: false,
             reads: false,
+            property: None,
         }
+    }
+
+    /// How many requests may be submitted in total.
+    #[must_use]
+    pub fn requests(mut self, requests: usize) -> Bound {
+        self.requests = requests;
+        self
+    }
+
+    /// How many distinct keys submits choose from.
+    #[must_use]
+    pub fn keys(mut self, keys: u8) -> Bound {
+        self.keys = keys;
+        self
+    }
+
+    /// How many chunks each upstream produces before it may complete.
+    #[must_use]
+    pub fn chunks(mut self, chunks: usize) -> Bound {
+        self.chunks = chunks;
+        self
+    }
+
+    /// Whether preparations may also succeed uncacheable.
+    #[must_use]
+    pub fn uncacheable(mut self, uncacheable: bool) -> Bound {
+        self.uncacheable = uncacheable;
+        self
+    }
+
+    /// Whether clients may read at every step (else only at quiescence).
+    #[must_use]
+    pub fn reads(mut self, reads: bool) -> Bound {
+        self.reads = reads;
+        self
+    }
+
+    /// An extra check run in every state.
+    #[must_use]
+    pub fn property(mut self, property: Property) -> Bound {
+        self.property = Some(property);
+        self
+    }
+
+    /// The CI bound: 3 requests over 2 keys, limits 1/1, 2 chunks per flight;
+    /// clients read only when run to quiescence (every idle state is).
+    #[must_use]
+    pub fn small() -> Bound {
+        Bound::new(config(1, 1))
     }
 
     /// The reading CI bound: 2 requests over 2 keys, limits 1/1, 2 chunks per
@@ -63,33 +144,25 @@ impl Bound {
     ///
     /// [`Bound::small`] never reads while work runs, so it cannot see what a
     /// reader that already holds chunks gets when its request is cancelled mid-
-    /// stream (rule 14, the Go "muted messenger"), nor a parked reader that is
+    /// stream ([rule 14](flightdeck_core::contract#rule-14), the Go "muted messenger"), nor a parked reader that is
     /// never woken. Reads multiply the state space, so this bound trades the
     /// third request for them; two requests still cover coalescing, a second
     /// key, cancel mid-stream with a reader and the slot handover.
     #[must_use]
     pub fn small_reading() -> Bound {
-        Bound {
-            config: config(1, 1),
-            requests: 2,
-            keys: 2,
-            chunks: 2,
-            uncacheable: true,
-            reads: true,
-        }
+        Bound::new(config(1, 1))
+            .requests(2)
+            .uncacheable(true)
+            .reads(true)
     }
 
     /// A larger bound: 4 requests over 2 keys, limits 2/1, uncacheable results too.
     #[must_use]
     pub fn large() -> Bound {
-        Bound {
-            config: config(2, 1),
-            requests: 4,
-            keys: 2,
-            chunks: 2,
-            uncacheable: true,
-            reads: true,
-        }
+        Bound::new(config(2, 1))
+            .requests(4)
+            .uncacheable(true)
+            .reads(true)
     }
 }
 
@@ -230,7 +303,7 @@ pub fn enabled(world: &World, bound: &Bound) -> Vec<Op> {
     for i in 0..world.ended().len() {
         ops.push(Op::Late(idx(i)));
     }
-    if world.machine.poll_timeout().is_some() {
+    if world.machine().poll_timeout().is_some() {
         ops.push(Op::NextDeadline);
     }
     ops
@@ -244,10 +317,49 @@ const PROGRESS_EVERY: usize = 1_000_000;
 /// standard error every million states.
 ///
 /// # Errors
-/// The first violation found, as a [`Counterexample`] (already printed and saved).
+/// The first violation found, as a [`Counterexample`] (already printed and
+/// saved), or the configuration is invalid (a counterexample with an empty path
+/// whose message says so).
 pub fn explore(bound: &Bound) -> Result<Report, Box<Counterexample>> {
+    explore_with(bound, PROGRESS_EVERY, |r, depth| {
+        crate::report!(
+            "exploring: {} states, {} transitions, depth {} (deepest {}), {:.0} s",
+            r.states,
+            r.transitions,
+            depth,
+            r.max_depth,
+            r.elapsed.as_secs_f64()
+        );
+    })
+}
+
+/// Like [`explore`], calling `progress` with the report so far and the current
+/// depth every `every` new states (never, if `every` is zero).
+///
+/// # Errors
+/// As [`explore`].
+pub fn explore_with(
+    bound: &Bound,
+    every: usize,
+    mut progress: impl FnMut(&Report, usize),
+) -> Result<Report, Box<Counterexample>> {
     let start = Instant::now();
-    let root = World::new(bound.config.clone()).expect("the bound's config is valid");
+    let root = match World::new(bound.config.clone()) {
+        Ok(world) => world,
+        Err(e) => {
+            return Err(Box::new(Counterexample {
+                path: Vec::new(),
+                found_len: 0,
+                message: format!("invalid configuration: {e}"),
+                trace: Trace {
+                    config: bound.config.clone(),
+                    steps: Vec::new(),
+                    actions: None,
+                },
+                saved: None,
+            }))
+        }
+    };
     let mut seen: HashSet<u128> = HashSet::new();
     seen.insert(fingerprint(&root));
     let mut report = Report {
@@ -259,7 +371,7 @@ pub fn explore(bound: &Bound) -> Result<Report, Box<Counterexample>> {
     // Depth-first: each frame is a state, its enabled ops and the next to try.
     let mut path: Vec<Op> = Vec::new();
     let mut stack: Vec<(World, Vec<Op>, usize)> = Vec::new();
-    if let Err(v) = quiescence(&root) {
+    if let Err(v) = check_state(bound, &root) {
         return Err(counterexample(bound, &path, &v));
     }
     let ops = enabled(&root, bound);
@@ -283,17 +395,11 @@ pub fn explore(bound: &Bound) -> Result<Report, Box<Counterexample>> {
         }
         report.states += 1;
         report.max_depth = report.max_depth.max(path.len());
-        if report.states % PROGRESS_EVERY == 0 {
-            crate::report!(
-                "exploring: {} states, {} transitions, depth {} (deepest {}), {:.0} s",
-                report.states,
-                report.transitions,
-                path.len(),
-                report.max_depth,
-                start.elapsed().as_secs_f64()
-            );
+        if every > 0 && report.states % every == 0 {
+            report.elapsed = start.elapsed();
+            progress(&report, path.len());
         }
-        if let Err(v) = quiescence(&child) {
+        if let Err(v) = check_state(bound, &child) {
             return Err(counterexample(bound, &path, &v));
         }
         let ops = enabled(&child, bound);
@@ -301,6 +407,15 @@ pub fn explore(bound: &Bound) -> Result<Report, Box<Counterexample>> {
     }
     report.elapsed = start.elapsed();
     Ok(report)
+}
+
+/// The checks of a newly reached state: quiescence, then the bound's property.
+fn check_state(bound: &Bound, world: &World) -> Result<(), String> {
+    quiescence(world)?;
+    match bound.property {
+        Some(property) => property(world).map_err(|v| format!("property: {v}")),
+        None => Ok(()),
+    }
 }
 
 /// In a state where no user work runs, runs a copy to quiescence and checks it.
@@ -317,14 +432,14 @@ fn quiescence(world: &World) -> Result<(), String> {
 /// first violation and the length of the prefix that reached it.
 fn replay(bound: &Bound, path: &[Op]) -> Option<(usize, String)> {
     let mut world = World::new(bound.config.clone()).expect("the bound's config is valid");
-    if let Err(v) = quiescence(&world) {
+    if let Err(v) = check_state(bound, &world) {
         return Some((0, v));
     }
     for (i, op) in path.iter().enumerate() {
         if let Err(v) = world.apply(op) {
             return Some((i + 1, v.0));
         }
-        if let Err(v) = quiescence(&world) {
+        if let Err(v) = check_state(bound, &world) {
             return Some((i + 1, v));
         }
     }

@@ -220,7 +220,7 @@ impl Model {
 
     // ----- clients -----------------------------------------------------------
 
-    /// Rules 1-3: join the key's live flight, else serve from the cache, else a
+    /// Rules [1](flightdeck_core::contract#rule-1)-[3](flightdeck_core::contract#rule-3): join the key's live flight, else serve from the cache, else a
     /// new flight at the back of the queue (if the queue has room).
     ///
     /// # Errors
@@ -297,8 +297,8 @@ impl Model {
         });
     }
 
-    /// A client attaches; it reads from the first chunk (rule 7), or the outcome
-    /// if the request already ended (rule 13). The attach deadline is dropped.
+    /// A client attaches; it reads from the first chunk ([rule 7](flightdeck_core::contract#rule-7)), or the outcome
+    /// if the request already ended ([rule 13](flightdeck_core::contract#rule-13)). The attach deadline is dropped.
     ///
     /// # Errors
     /// Not found, or already attached.
@@ -321,7 +321,7 @@ impl Model {
     }
 
     /// The reader takes everything available: all unread chunks, and once the
-    /// request has ended the outcome, exactly once (rules 7, 14, 19).
+    /// request has ended the outcome, exactly once (rules [7](flightdeck_core::contract#rule-7), [14](flightdeck_core::contract#rule-14), [19](flightdeck_core::contract#rule-19)).
     #[must_use = "the items read are the point"]
     pub fn read(&mut self, request: RequestId) -> (Result<Readiness, RequestError>, Vec<Item>) {
         let Some(pos) = self.records.iter().position(|r| r.id == request) else {
@@ -373,7 +373,7 @@ impl Model {
         (Ok(readiness), items)
     }
 
-    /// Rules 9-12: idempotent cancel; the last member's departure ends its flight.
+    /// Rules [9](flightdeck_core::contract#rule-9)-[12](flightdeck_core::contract#rule-12): idempotent cancel; the last member's departure ends its flight.
     ///
     /// # Errors
     /// Not found, or already finished with another outcome.
@@ -394,7 +394,7 @@ impl Model {
         Ok(())
     }
 
-    /// Rule 15: the client dropped its stream. A live request is cancelled, and the
+    /// [Rule 15](flightdeck_core::contract#rule-15): the client dropped its stream. A live request is cancelled, and the
     /// record goes at once either way.
     ///
     /// # Errors
@@ -417,10 +417,10 @@ impl Model {
 
     // ----- the user's work ---------------------------------------------------
 
-    /// A preparation finished (rules 5, 6, 20).
+    /// A preparation finished (rules [5](flightdeck_core::contract#rule-5), [6](flightdeck_core::contract#rule-6), [20](flightdeck_core::contract#rule-20)).
     ///
     /// # Errors
-    /// [`StaleFlight`] unless the flight is live and preparing (rule 16).
+    /// [`StaleFlight`] unless the flight is live and preparing ([rule 16](flightdeck_core::contract#rule-16)).
     pub fn handle_prepared(
         &mut self,
         now: Time,
@@ -453,11 +453,11 @@ impl Model {
         Ok(())
     }
 
-    /// The upstream produced a chunk (rule 7); past `max_response_bytes` the flight
-    /// fails instead (rule 22).
+    /// The upstream produced a chunk ([rule 7](flightdeck_core::contract#rule-7)); past `max_response_bytes` the flight
+    /// fails instead ([rule 22](flightdeck_core::contract#rule-22)).
     ///
     /// # Errors
-    /// [`StaleFlight`] unless the flight is live and streaming (rule 16).
+    /// [`StaleFlight`] unless the flight is live and streaming ([rule 16](flightdeck_core::contract#rule-16)).
     pub fn handle_chunk(
         &mut self,
         now: Time,
@@ -487,11 +487,11 @@ impl Model {
         Ok(())
     }
 
-    /// The upstream ended: completed (cached if cacheable, rule 8) or failed
-    /// (rule 20).
+    /// The upstream ended: completed (cached if cacheable, [rule 8](flightdeck_core::contract#rule-8)) or failed
+    /// ([rule 20](flightdeck_core::contract#rule-20)).
     ///
     /// # Errors
-    /// [`StaleFlight`] unless the flight is live and streaming (rule 16).
+    /// [`StaleFlight`] unless the flight is live and streaming ([rule 16](flightdeck_core::contract#rule-16)).
     pub fn handle_upstream_end(
         &mut self,
         now: Time,
@@ -519,7 +519,7 @@ impl Model {
         self.earliest().map(|(at, _)| at)
     }
 
-    /// Every deadline due at `now` expires (rule 17), earliest first.
+    /// Every deadline due at `now` expires ([rule 17](flightdeck_core::contract#rule-17)), earliest first.
     pub fn handle_timeout(&mut self, now: Time) {
         let now = self.advance(now);
         // Core's choice: deadlines due at the same instant expire flights first,
@@ -538,7 +538,7 @@ impl Model {
                         Some(Life::Ended { .. })
                     );
                     if ended {
-                        // Retention passed: the record goes (rule 13).
+                        // Retention passed: the record goes (contract rule 13).
                         self.records.retain(|r| r.id != request);
                     } else {
                         if let Some(r) = self.record_mut(request) {
@@ -594,7 +594,7 @@ impl Model {
 
     // ----- observation -----------------------------------------------------------
 
-    /// The request's state, queue position (rule 3) and whether it is attached.
+    /// The request's state, queue position ([rule 3](flightdeck_core::contract#rule-3)) and whether it is attached.
     #[must_use]
     pub fn status(&self, request: RequestId) -> Option<RequestStatus> {
         let record = self.record(request)?;
@@ -634,7 +634,7 @@ impl Model {
         })
     }
 
-    /// Rule 24, every gauge recomputed by scanning.
+    /// [Rule 24](flightdeck_core::contract#rule-24), every gauge recomputed by scanning.
     #[must_use]
     pub fn stats(&self) -> Stats {
         let preparing = self.count_phase(|p| *p == Phase2::Preparing);
@@ -695,12 +695,12 @@ impl Model {
     }
 
     /// A live member leaves with `outcome`; if nobody is left in its flight, the
-    /// flight is aborted now (rules 10, 12).
+    /// flight is aborted now (rules [10](flightdeck_core::contract#rule-10), [12](flightdeck_core::contract#rule-12)).
     fn leave(&mut self, now: Time, request: RequestId, outcome: Outcome) {
         let Some(Life::Live(flight)) = self.record(request).map(|r| r.life.clone()) else {
             return;
         };
-        // Rule 14 / 13: a cancelled (or attach-timed-out) member keeps no chunks,
+        // Contract rule 14 / 13: a cancelled (or attach-timed-out) member keeps no chunks,
         // only its outcome.
         self.end_request(now, request, outcome, None);
         let anyone_left = self.records.iter().any(|r| r.life == Life::Live(flight));
@@ -742,7 +742,7 @@ impl Model {
             .map(|r| r.id)
             .collect();
         for member in members {
-            // Rule 20: members keep the chunks already produced, then the outcome.
+            // Contract rule 20: members keep the chunks already produced, then the outcome.
             self.end_request(now, member, outcome.clone(), Some(f.log.clone()));
         }
         self.actions.push(Action::FlightEnded { flight });
@@ -792,12 +792,12 @@ impl Model {
             Outcome::TimedOut(_) => self.totals.timed_out += 1,
         }
         record.life = Life::Ended { outcome, rest };
-        // An unattached record waits `retention` for a client (rule 13); an
+        // An unattached record waits `retention` for a client (contract rule 13); an
         // attached one stays until its client drops it.
         record.deadline = record.reader.is_none().then(|| now + retention);
     }
 
-    /// Runs after every input: hand free slots to waiters (rules 4-6, 8, 12),
+    /// Runs after every input: hand free slots to waiters (rules [4](flightdeck_core::contract#rule-4)-[6](flightdeck_core::contract#rule-6), [8](flightdeck_core::contract#rule-8), [12](flightdeck_core::contract#rule-12)),
     /// then wake every parked reader that has something to read now.
     fn settle(&mut self, now: Time) {
         loop {
@@ -822,7 +822,7 @@ impl Model {
             if busy >= self.config.max_concurrent_streams {
                 break;
             }
-            // Rule 6: only flights with an attached client take a slot, FIFO.
+            // Contract rule 6: only flights with an attached client take a slot, FIFO.
             let next = self
                 .flights
                 .iter()
@@ -872,7 +872,7 @@ impl Model {
 ///
 /// The SPEC fixes: which actions are emitted; for each flight, the order of its
 /// own actions (start, abort, and `FlightEnded` last); the FIFO order in which
-/// flights get preparation slots and stream slots (rules 3, 6). It does not fix
+/// flights get preparation slots and stream slots (rules [3](flightdeck_core::contract#rule-3), [6](flightdeck_core::contract#rule-6)). It does not fix
 /// how one flight's actions interleave with another's, nor the order of wakes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StepActions {

@@ -49,10 +49,11 @@ impl Trace {
     /// The trace a recording [`World`] made.
     #[must_use]
     pub fn from_world(world: &World) -> Trace {
+        let (steps, actions) = world.driver.recorded();
         Trace {
-            config: world.machine.config().clone(),
-            steps: world.steps.clone(),
-            actions: Some(world.actions.clone()),
+            config: world.machine().config().clone(),
+            steps: steps.to_vec(),
+            actions: Some(actions.to_vec()),
         }
     }
 

@@ -2,31 +2,34 @@
 //! driving the core exactly as a real driver would, checking every invariant
 //! after every step.
 //!
-//! Every input goes through [`Machine::handle`] so that a run is recorded as a
-//! [`crate::trace::Trace`] for free. After each step the world drains the
-//! machine's actions and checks, besides [`Machine::check_invariants`]:
+//! Every input goes through the harness's one test driver
+//! ([`Driver::try_handle`], hence [`Machine::handle`](flightdeck_core::Machine::handle))
+//! so that a run is recorded as a [`crate::trace::Trace`] for free, and every
+//! check of the driver runs after every step (the machine's invariants; no
+//! action after a flight's end; starts in the right phase and within the
+//! limits; aborts of running work only). The world adds what its clients know:
 //!
-//! - no action names a flight after its `Abort` / `FlightEnded`;
-//! - `FlightEnded` is emitted exactly once per flight;
-//! - `StartPreparation` / `StartStream` respect the configured limits and only
-//!   name flights in the right phase;
+//! - a `Wake` names an attached client;
 //! - no work runs for a flight none of whose members is still live (no zombie
-//!   slot, rule 12);
-//! - a late completion for an ended flight is refused and changes nothing (rule 16);
+//!   slot, [rule 12](flightdeck_core::contract#rule-12));
+//! - a late completion for an ended flight is refused and changes nothing ([rule 16](flightdeck_core::contract#rule-16));
 //! - a cancel followed by an attach within `cancelled_retention` never answers
-//!   `NotFound` (rule 13).
+//!   `NotFound` ([rule 13](flightdeck_core::contract#rule-13)).
 //!
 //! At quiescence ([`World::finish`]) every reader that a client still holds got
 //! its flight's chunks exactly once, in order, with no gap, then exactly one
-//! terminal item (rules 7, 14, 19), and the machine is empty (rule 21).
+//! terminal item (rules [7](flightdeck_core::contract#rule-7), [14](flightdeck_core::contract#rule-14), [19](flightdeck_core::contract#rule-19)), and the machine is empty ([rule 21](flightdeck_core::contract#rule-21)).
 
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use flightdeck_core::{
-    Action, Config, Failure, FlightId, Input, Item, Key, Machine, Outcome, Prepared, Readiness,
-    Reply, RequestError, RequestId, RequestState, Route, StaleFlight, Time, Work,
+    Action, Config, Failure, FlightId, Input, Item, Key, Outcome, Prepared, Readiness, Reply,
+    RequestError, RequestId, RequestState, Route, StaleFlight, Time,
 };
+
+use crate::driver::Driver;
+pub use crate::driver::Violation;
 
 /// One step a world can take. Indices pick among the current candidates modulo
 /// their count, so every op is meaningful in every state.
@@ -93,53 +96,29 @@ pub struct Client {
     pub items: Vec<Item>,
 }
 
-/// What the world knows about one flight, from the machine's actions.
+/// What the world expects of one flight's output (which work runs is the
+/// driver's to know: [`Driver::work`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlightTrack {
     /// The key index of the flight.
     pub key: u8,
-    /// A preparation is running.
-    pub preparing: bool,
-    /// An upstream stream is running.
-    pub streaming: bool,
-    /// Chunks the machine accepted, in order.
+    /// Chunks the upstream produced within the response limit, in order: what
+    /// every reader of the flight must read.
     pub log: Vec<Bytes>,
     /// Whether the upstream completed successfully (the log is complete).
     pub completed: bool,
-    /// Whether `Abort` was emitted.
-    pub aborted: bool,
-    /// Whether `FlightEnded` was emitted.
-    pub ended: bool,
 }
 
-/// The simulated world: the machine plus everything real clients and a real
-/// upstream would know.
+/// The simulated world: the driven machine plus everything real clients and a
+/// real upstream would know.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct World {
-    /// The machine under test.
-    pub machine: Machine,
-    /// Virtual time.
-    pub now: Time,
+    /// The driver: the machine under test, virtual time, the work that runs.
+    pub driver: Driver,
     /// Every client, in submission order.
     pub clients: Vec<Client>,
     /// Every flight the world heard of.
     pub flights: BTreeMap<FlightId, FlightTrack>,
-    /// Whether to record the trace.
-    record: bool,
-    /// The recorded inputs (if recording).
-    pub steps: Vec<(Time, Input)>,
-    /// The actions after each recorded input (if recording).
-    pub actions: Vec<Vec<Action>>,
-}
-
-/// A harness-side invariant violation, with the path that led to it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Violation(pub String);
-
-impl std::fmt::Display for Violation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
 }
 
 macro_rules! ensure {
@@ -167,136 +146,77 @@ impl World {
     /// The configuration is invalid.
     pub fn new(config: Config) -> Result<Self, flightdeck_core::ConfigError> {
         Ok(World {
-            machine: Machine::new(config)?,
-            now: Time::ZERO,
+            driver: Driver::try_new(config)?,
             clients: Vec::new(),
             flights: BTreeMap::new(),
-            record: false,
-            steps: Vec::new(),
-            actions: Vec::new(),
         })
     }
 
     /// Records every input and the actions it produced from now on.
     #[must_use]
     pub fn recording(mut self) -> Self {
-        self.record = true;
+        self.driver = self.driver.recording();
         self
+    }
+
+    /// The machine under test.
+    #[must_use]
+    pub fn machine(&self) -> &flightdeck_core::Machine {
+        &self.driver.machine
+    }
+
+    /// Virtual time.
+    #[must_use]
+    pub fn now(&self) -> Time {
+        self.driver.now
     }
 
     /// Flights with a running preparation, in id order.
     #[must_use]
     pub fn preparing(&self) -> Vec<FlightId> {
-        self.flights
-            .iter()
-            .filter(|(_, f)| f.preparing)
-            .map(|(id, _)| *id)
-            .collect()
+        self.driver.running_preparations()
     }
 
     /// Flights with a running upstream, in id order.
     #[must_use]
     pub fn streaming(&self) -> Vec<FlightId> {
-        self.flights
-            .iter()
-            .filter(|(_, f)| f.streaming)
-            .map(|(id, _)| *id)
-            .collect()
+        self.driver.running_streams()
     }
 
     /// Flights that ended (aborted or `FlightEnded`), in id order.
     #[must_use]
     pub fn ended(&self) -> Vec<FlightId> {
-        self.flights
-            .iter()
-            .filter(|(_, f)| f.ended || f.aborted)
-            .map(|(id, _)| *id)
-            .collect()
+        self.driver.ended_flights()
     }
 
     /// Whether some user work (preparation or upstream) is running.
     #[must_use]
     pub fn work_pending(&self) -> bool {
-        self.flights.values().any(|f| f.preparing || f.streaming)
+        self.driver.work_pending()
     }
 
     fn input(&mut self, input: Input) -> Result<Reply, Violation> {
-        if self.record {
-            self.steps.push((self.now, input.clone()));
-        }
-        let reply = self.machine.handle(self.now, input);
-        let mut actions = Vec::new();
-        while let Some(action) = self.machine.poll_action() {
+        let reply = self.driver.try_handle(input)?;
+        for action in self.driver.take() {
             self.on_action(&action)?;
-            actions.push(action);
         }
-        if self.record {
-            self.actions.push(actions);
-        }
-        self.machine
-            .check_invariants()
-            .map_err(|v| Violation(v.to_string()))?;
         Ok(reply)
     }
 
+    /// What the world learns from an action (the driver checked it already).
     fn on_action(&mut self, action: &Action) -> Result<(), Violation> {
-        let config = self.machine.config().clone();
         match action {
             Action::StartPreparation { flight, key: k } => {
                 let idx = std::str::from_utf8(&k.as_bytes()[1..])
                     .ok()
                     .and_then(|s| s.parse().ok())
                     .unwrap_or(u8::MAX);
-                let f = self.flights.entry(*flight).or_default();
-                ensure!(
-                    !f.ended && !f.aborted && !f.preparing && !f.streaming,
-                    "StartPreparation for {flight:?} in a wrong phase: {f:?}"
-                );
-                f.key = idx;
-                f.preparing = true;
-                let n = self.preparing().len();
-                ensure!(
-                    n <= config.max_concurrent_requests,
-                    "{n} preparations exceed max_concurrent_requests"
-                );
+                self.flights.entry(*flight).or_default().key = idx;
             }
-            Action::StartStream { flight } => {
-                let f = self.flights.entry(*flight).or_default();
-                ensure!(
-                    !f.ended && !f.aborted && !f.preparing && !f.streaming,
-                    "StartStream for {flight:?} in a wrong phase: {f:?}"
-                );
-                f.streaming = true;
-                let n = self.streaming().len();
-                ensure!(
-                    n <= config.max_concurrent_streams,
-                    "{n} streams exceed max_concurrent_streams"
-                );
-            }
-            Action::Abort { flight, work } => {
-                let f = self.flights.entry(*flight).or_default();
-                ensure!(!f.ended && !f.aborted, "Abort for ended {flight:?}");
-                let running = match work {
-                    Work::Preparation => f.preparing,
-                    Work::Stream => f.streaming,
-                    _ => false,
-                };
-                ensure!(
-                    running,
-                    "Abort {work:?} for {flight:?} that runs no such work"
-                );
-                f.aborted = true;
-                f.preparing = false;
-                f.streaming = false;
-            }
-            Action::FlightEnded { flight } => {
-                let f = self.flights.entry(*flight).or_default();
-                ensure!(!f.ended, "FlightEnded twice for {flight:?}");
-                f.ended = true;
-                ensure!(
-                    !f.preparing && !f.streaming,
-                    "FlightEnded for {flight:?} while its work runs and was not aborted"
-                );
+            Action::StartStream { flight }
+            | Action::Abort { flight, .. }
+            | Action::FlightEnded { flight } => {
+                self.flights.entry(*flight).or_default();
             }
             Action::Wake { request } => {
                 if let Some(c) = self.clients.iter_mut().find(|c| c.request == *request) {
@@ -316,16 +236,19 @@ impl World {
     /// # Errors
     /// The first violation found.
     pub fn check(&self) -> Result<(), Violation> {
-        self.machine
+        self.driver
+            .machine
             .check_invariants()
             .map_err(|v| Violation(v.to_string()))?;
-        for (id, f) in &self.flights {
+        for id in self.flights.keys() {
+            let f = self.driver.work(*id).unwrap_or_default();
             if !(f.preparing || f.streaming) {
                 continue;
             }
             let someone = self.clients.iter().any(|c| {
                 matches!(c.route, Route::NewFlight(x) | Route::Joined(x) if x == *id)
                     && self
+                        .driver
                         .machine
                         .status(c.request)
                         .is_some_and(|s| !terminal(&s.state))
@@ -391,12 +314,12 @@ impl World {
                 let cancelled_at = c.cancelled_at;
                 let reply = self.input(Input::Attach { request })?;
                 if let Some(t) = cancelled_at {
-                    let retention = self.machine.config().cancelled_retention;
-                    if self.now < t + retention {
+                    let retention = self.driver.machine.config().cancelled_retention;
+                    if self.driver.now < t + retention {
                         ensure!(
                             reply == Reply::Request(Ok(())),
                             "attach after cancel within retention answered {reply:?} \
-                             (rule 13: must read Cancelled, never NotFound)"
+                             (contract rule 13: must read Cancelled, never NotFound)"
                         );
                     }
                 }
@@ -421,7 +344,7 @@ impl World {
                 let reply = self.input(Input::Cancel { request })?;
                 let c = &mut self.clients[i];
                 if reply == Reply::Request(Ok(())) && c.cancelled_at.is_none() {
-                    c.cancelled_at = Some(self.now);
+                    c.cancelled_at = Some(self.driver.now);
                     c.cancelled_attached = c.attached;
                 }
             }
@@ -432,7 +355,7 @@ impl World {
             }
             Op::PrepareOk { which, cacheable } => {
                 if let Some(flight) = Self::pick(&self.preparing(), which) {
-                    self.flight_mut(flight).preparing = false;
+                    self.flight_mut(flight);
                     let reply = self.input(Input::Prepared {
                         flight,
                         result: Ok(Prepared { cacheable }),
@@ -445,7 +368,7 @@ impl World {
             }
             Op::PrepareFail(which) => {
                 if let Some(flight) = Self::pick(&self.preparing(), which) {
-                    self.flight_mut(flight).preparing = false;
+                    self.flight_mut(flight);
                     let reply = self.input(Input::Prepared {
                         flight,
                         result: Err(Failure::Preparation("boom".into())),
@@ -459,7 +382,7 @@ impl World {
             Op::Chunk(which) => {
                 if let Some(flight) = Self::pick(&self.streaming(), which) {
                     let data = Self::chunk_data(flight, self.flights[&flight].log.len());
-                    let limit = self.machine.config().max_response_bytes;
+                    let limit = self.driver.machine.config().max_response_bytes;
                     let total: u64 = self.flights[&flight]
                         .log
                         .iter()
@@ -480,9 +403,7 @@ impl World {
             Op::UpstreamOk(which) | Op::UpstreamFail(which) => {
                 if let Some(flight) = Self::pick(&self.streaming(), which) {
                     let ok = matches!(op, Op::UpstreamOk(_));
-                    let f = self.flight_mut(flight);
-                    f.streaming = false;
-                    f.completed = ok;
+                    self.flight_mut(flight).completed = ok;
                     let result = if ok {
                         Ok(())
                     } else {
@@ -497,7 +418,7 @@ impl World {
             }
             Op::Late(which) => {
                 if let Some(flight) = Self::pick(&self.ended(), which) {
-                    let before = self.machine.clone();
+                    let before = self.driver.machine.clone();
                     for input in [
                         Input::Prepared {
                             flight,
@@ -515,23 +436,23 @@ impl World {
                         let reply = self.input(input.clone())?;
                         ensure!(
                             reply == Reply::Flight(Err(StaleFlight)),
-                            "late {input:?} for ended {flight:?} accepted: {reply:?} (rule 16)"
+                            "late {input:?} for ended {flight:?} accepted: {reply:?} (contract rule 16)"
                         );
                     }
                     ensure!(
-                        self.machine == before,
-                        "a late completion for ended {flight:?} changed the machine (rule 16)"
+                        self.driver.machine == before,
+                        "a late completion for ended {flight:?} changed the machine (contract rule 16)"
                     );
                 }
             }
             Op::NextDeadline => {
-                if let Some(t) = self.machine.poll_timeout() {
-                    self.now = self.now.max(t);
+                if let Some(t) = self.driver.machine.poll_timeout() {
+                    self.driver.now = self.driver.now.max(t);
                     self.input(Input::Timeout)?;
                 }
             }
             Op::Sleep(ms) => {
-                self.now = self.now + std::time::Duration::from_millis(u64::from(ms));
+                self.driver.now = self.driver.now + std::time::Duration::from_millis(u64::from(ms));
                 self.input(Input::Timeout)?;
             }
         }
@@ -541,7 +462,7 @@ impl World {
     /// Client `i` drops its stream, if attached and not dropped yet.
     ///
     /// # Errors
-    /// The detach was refused or left the record behind (rule 15).
+    /// The detach was refused or left the record behind ([rule 15](flightdeck_core::contract#rule-15)).
     pub fn detach(&mut self, i: usize) -> Result<(), Violation> {
         let c = &self.clients[i];
         if !c.attached || c.dropped {
@@ -554,8 +475,8 @@ impl World {
             "detach of an attached client answered {reply:?}"
         );
         ensure!(
-            self.machine.status(request).is_none(),
-            "detach left the record behind (rule 15)"
+            self.driver.machine.status(request).is_none(),
+            "detach left the record behind (contract rule 15)"
         );
         self.clients[i].dropped = true;
         Ok(())
@@ -582,7 +503,7 @@ impl World {
             Reply::Read(Ok(readiness), items) => {
                 ensure!(
                     !c.items.iter().any(|it| matches!(it, Item::End(_))),
-                    "{request:?} read {items:?} after its terminal item (rule 19)"
+                    "{request:?} read {items:?} after its terminal item (contract rule 19)"
                 );
                 if let Some(pos) = items.iter().position(|it| matches!(it, Item::End(_))) {
                     ensure!(
@@ -618,7 +539,7 @@ impl World {
     /// Runs the world to quiescence the way real clients would: every attached
     /// client reads whenever it is not parked, running work is left hanging (so
     /// its deadline ends it), and time jumps to each next deadline until none is
-    /// left. Then checks rules 7, 13, 14, 19 and 21.
+    /// left. Then checks rules [7](flightdeck_core::contract#rule-7), [13](flightdeck_core::contract#rule-13), [14](flightdeck_core::contract#rule-14), [19](flightdeck_core::contract#rule-19) and [21](flightdeck_core::contract#rule-21).
     ///
     /// # Errors
     /// The first violation found.
@@ -644,7 +565,7 @@ impl World {
                     }
                 }
             }
-            if self.machine.poll_timeout().is_none() {
+            if self.driver.machine.poll_timeout().is_none() {
                 break;
             }
             self.apply(&Op::NextDeadline)?;
@@ -654,20 +575,24 @@ impl World {
 
     fn check_final(&self) -> Result<(), Violation> {
         ensure!(
-            self.machine.poll_timeout().is_none(),
+            self.driver.machine.poll_timeout().is_none(),
             "deadlines left after quiescence"
         );
         ensure!(
-            self.machine.is_empty(),
-            "machine not empty at quiescence (rule 21): {:?}",
-            self.machine.stats()
+            self.driver.machine.is_empty(),
+            "machine not empty at quiescence (contract rule 21): {:?}",
+            self.driver.machine.stats()
         );
-        for (id, f) in &self.flights {
-            ensure!(
-                !f.preparing && !f.streaming,
-                "work still running for {id:?} at quiescence"
-            );
-        }
+        let running = self.driver.running_preparations();
+        ensure!(
+            running.is_empty(),
+            "preparations still running at quiescence: {running:?}"
+        );
+        let running = self.driver.running_streams();
+        ensure!(
+            running.is_empty(),
+            "streams still running at quiescence: {running:?}"
+        );
         for c in &self.clients {
             if !c.attached || (c.dropped && !c.closed) {
                 continue;
@@ -675,7 +600,7 @@ impl World {
             let r = c.request;
             let Some((Item::End(outcome), chunks)) = c.items.split_last() else {
                 return Err(Violation(format!(
-                    "{r:?} attached but never got a terminal item (rule 19): {:?} parked={}",
+                    "{r:?} attached but never got a terminal item (contract rule 19): {:?} parked={}",
                     c.items, c.parked
                 )));
             };
@@ -694,7 +619,7 @@ impl World {
             if c.cancelled_at.is_some() {
                 ensure!(
                     *outcome == Outcome::Cancelled,
-                    "{r:?} cancelled but its terminal is {outcome:?} (rule 14)"
+                    "{r:?} cancelled but its terminal is {outcome:?} (contract rule 14)"
                 );
             }
             let log: Option<&Vec<Bytes>> = match c.route {
@@ -705,12 +630,12 @@ impl World {
                 Some(log) => {
                     ensure!(
                         got.len() <= log.len() && got[..] == log[..got.len()],
-                        "{r:?} read {got:?}, not a prefix of its flight's log {log:?} (rule 7)"
+                        "{r:?} read {got:?}, not a prefix of its flight's log {log:?} (contract rule 7)"
                     );
                     if *outcome == Outcome::Completed || matches!(outcome, Outcome::Failed(_)) {
                         ensure!(
                             got == *log,
-                            "{r:?} ended {outcome:?} with {got:?}, log is {log:?} (rules 7, 20)"
+                            "{r:?} ended {outcome:?} with {got:?}, log is {log:?} (contract rules 7, 20)"
                         );
                     }
                 }

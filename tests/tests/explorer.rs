@@ -34,7 +34,7 @@ fn every_interleaving_of_the_ci_bound_keeps_every_invariant() {
     });
 }
 
-/// Rules 7, 14, 19: with reads interleaved everywhere, every reader (including
+/// Contract rules 7, 14, 19: with reads interleaved everywhere, every reader (including
 /// one cancelled while it holds chunks or waits parked) gets its chunks once, in
 /// order, then exactly one terminal item.
 #[test]

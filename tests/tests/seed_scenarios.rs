@@ -4,30 +4,21 @@
 //! actions every input produces (one `poll_action` drain per input), the exact
 //! states, counts and queue positions, the exact items every reader reads, and
 //! the exact time of every deadline (`poll_timeout`). The machine's invariants
-//! are checked after every step.
+//! are checked after every step by the shared driver
+//! ([`flightdeck_tests::driver::Driver`]), which also checks that no action names a
+//! flight after its `FlightEnded`.
 //!
 //! The seed posts (under `shared/seeds/`): "Superior Event-Driven" (000),
 //! "Concurrent & Parallel" (001), "Implicit Decoupling" (002), "For The Greater
 //! Good" (003), "A War Against Race Conditions" (004).
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use flightdeck_core::{
-    Action, Bytes, Config, Failure, FlightId, Item, Key, Machine, Outcome, Phase, Prepared,
-    Readiness, RequestError, RequestId, RequestState, Route, StaleFlight, Stats, Submission, Time,
-    Work,
+    Action, Bytes, Config, Failure, FlightId, Item, Key, Outcome, Phase, Prepared, Readiness,
+    RequestError, RequestId, RequestState, Route, StaleFlight, Time, Work,
 };
-
-/// The machine plus the current virtual time. Every method is one input,
-/// followed by an invariant check; actions are drained explicitly with
-/// [`Rig::actions`] so each test states exactly what one input produced.
-struct Rig {
-    m: Machine,
-    now: Time,
-    /// Everything each request's client read, in order.
-    reads: BTreeMap<RequestId, Vec<Item>>,
-}
+use flightdeck_tests::driver::Driver;
 
 fn f(n: u64) -> FlightId {
     FlightId::from_raw(n)
@@ -89,130 +80,21 @@ fn slow() -> Config {
     }
 }
 
-impl Rig {
-    fn new(config: Config) -> Rig {
-        let rig = Rig {
-            m: Machine::new(config).expect("valid config"),
-            now: Time::ZERO,
-            reads: BTreeMap::new(),
-        };
-        rig.ok();
-        rig
-    }
-
-    fn ok(&self) {
-        if let Err(v) = self.m.check_invariants() {
-            panic!("at {}: {v}", self.now);
-        }
-    }
-
-    /// Moves virtual time to `at` milliseconds.
-    fn at(&mut self, at: u64) -> &mut Self {
-        assert!(ms(at) >= self.now, "virtual time never runs backwards");
-        self.now = ms(at);
-        self
-    }
-
-    fn actions(&mut self) -> Vec<Action> {
-        let mut out = Vec::new();
-        while let Some(a) = self.m.poll_action() {
-            out.push(a);
-        }
-        self.ok();
-        out
-    }
-
-    fn submit(&mut self, key: &str) -> Submission {
-        let s = self
-            .m
-            .submit(self.now, Key::from(key.to_owned()))
-            .expect("submit accepted");
-        self.ok();
-        s
-    }
-
-    fn attach(&mut self, request: RequestId) -> Result<(), RequestError> {
-        let res = self.m.attach(self.now, request);
-        self.ok();
-        res
-    }
-
-    fn read(&mut self, request: RequestId) -> (Readiness, Vec<Item>) {
-        let mut items = Vec::new();
-        let readiness = self.m.read(request, &mut items).expect("read accepted");
-        self.ok();
-        self.reads
-            .entry(request)
-            .or_default()
-            .extend(items.iter().cloned());
-        (readiness, items)
-    }
-
-    fn cancel(&mut self, request: RequestId) -> Result<(), RequestError> {
-        let res = self.m.cancel(self.now, request);
-        self.ok();
-        res
-    }
-
-    fn detach(&mut self, request: RequestId) -> Result<(), RequestError> {
-        let res = self.m.detach(self.now, request);
-        self.ok();
-        res
-    }
-
-    fn prepared(&mut self, flight: FlightId) -> Result<(), StaleFlight> {
-        let res = self
-            .m
-            .handle_prepared(self.now, flight, Ok(Prepared::CACHEABLE));
-        self.ok();
-        res
-    }
-
-    fn chunk(&mut self, flight: FlightId, data: impl Into<Bytes>) -> Result<(), StaleFlight> {
-        let res = self.m.handle_chunk(self.now, flight, data.into());
-        self.ok();
-        res
-    }
-
-    fn upstream_ok(&mut self, flight: FlightId) -> Result<(), StaleFlight> {
-        let res = self.m.handle_upstream_end(self.now, flight, Ok(()));
-        self.ok();
-        res
-    }
-
-    fn timeout(&mut self) {
-        self.m.handle_timeout(self.now);
-        self.ok();
-    }
-
-    fn state(&self, request: RequestId) -> Option<RequestState> {
-        self.m.status(request).map(|s| s.state)
-    }
-
-    fn position(&self, request: RequestId) -> Option<usize> {
-        self.m.status(request).and_then(|s| s.queue_position)
-    }
-
-    fn stats(&self) -> Stats {
-        self.m.stats()
-    }
-
-    /// (queued, preparing, waiting for a stream slot, streaming).
-    fn phases(&self) -> (usize, usize, usize, usize) {
-        let s = self.stats();
-        (s.queued, s.preparing, s.waiting_for_stream, s.streaming)
-    }
+/// (queued, preparing, waiting for a stream slot, streaming).
+fn phases(rig: &Driver) -> (usize, usize, usize, usize) {
+    let s = rig.stats();
+    (s.queued, s.preparing, s.waiting_for_stream, s.streaming)
 }
 
 // ----- Implicit Decoupling --------------------------------------------------
 
-/// Rules 3, 4, 5, 6, 8 (seed 002 "Implicit Decoupling"): 100 distinct requests,
+/// Contract rules 3, 4, 5, 6, 8 (seed 002 "Implicit Decoupling"): 100 distinct requests,
 /// limits 10/5, instant preparation. Preparation never waits for a stream slot:
 /// all 100 get prepared while exactly 5 stream and the other 95 wait, FIFO, and
 /// each finished stream hands its slot to the next waiter in the same step.
 #[test]
 fn seed002_hundred_requests_prepare_while_five_stream() {
-    let mut rig = Rig::new(Config {
+    let mut rig = Driver::new(Config {
         max_concurrent_requests: 10,
         max_concurrent_streams: 5,
         ..Config::default()
@@ -221,7 +103,7 @@ fn seed002_hundred_requests_prepare_while_five_stream() {
 
     // 100 submits at t=0: the first 10 start preparing at once, 90 queue FIFO.
     for i in 0..100 {
-        let s = rig.submit(&key(i));
+        let s = rig.submit(key(i));
         assert_eq!(s.request, r(i));
         assert_eq!(s.route, Route::NewFlight(f(i)));
         let expected = if i < 10 {
@@ -229,9 +111,9 @@ fn seed002_hundred_requests_prepare_while_five_stream() {
         } else {
             vec![]
         };
-        assert_eq!(rig.actions(), expected, "submit {i}");
+        assert_eq!(rig.take(), expected, "submit {i}");
     }
-    assert_eq!(rig.phases(), (90, 10, 0, 0));
+    assert_eq!(phases(&rig), (90, 10, 0, 0));
     for i in 0..100 {
         if i < 10 {
             assert_eq!(rig.state(r(i)), Some(RequestState::Preparing));
@@ -242,14 +124,14 @@ fn seed002_hundred_requests_prepare_while_five_stream() {
         }
     }
     for i in 0..100 {
-        rig.attach(r(i)).unwrap();
-        assert_eq!(rig.actions(), vec![], "attach {i}");
+        rig.try_attach(r(i)).unwrap();
+        assert_eq!(rig.take(), vec![], "attach {i}");
     }
 
     // Preparations finish one by one, in order, instantly. Each frees its slot
     // for the next queued flight in the same step; only the first 5 stream.
     for i in 0..100u64 {
-        rig.prepared(f(i)).unwrap();
+        rig.try_prepared(f(i), Ok(Prepared::CACHEABLE)).unwrap();
         let mut expected = Vec::new();
         if i + 10 < 100 {
             expected.push(start_prep(f(i + 10), &key(i + 10)));
@@ -257,21 +139,21 @@ fn seed002_hundred_requests_prepare_while_five_stream() {
         if i < 5 {
             expected.push(start_stream(f(i)));
         }
-        assert_eq!(rig.actions(), expected, "prepared {i}");
+        assert_eq!(rig.take(), expected, "prepared {i}");
         let done = usize::try_from(i + 1).unwrap();
         let started = (done + 10).min(100);
         let streaming = done.min(5);
         assert_eq!(
-            rig.phases(),
+            phases(&rig),
             (100 - started, started - done, done - streaming, streaming),
             "after {done} preparations"
         );
         match done {
-            5 => assert_eq!(rig.phases(), (85, 10, 0, 5)),
+            5 => assert_eq!(phases(&rig), (85, 10, 0, 5)),
             50 => {
                 // Half prepared: preparation runs at full capacity (10) while
                 // the 5 streams are busy and 45 prepared flights wait.
-                assert_eq!(rig.phases(), (40, 10, 45, 5));
+                assert_eq!(phases(&rig), (40, 10, 45, 5));
                 assert_eq!(rig.position(r(60)), Some(0));
                 assert_eq!(rig.position(r(99)), Some(39));
                 assert_eq!(rig.state(r(4)), Some(RequestState::Streaming));
@@ -282,7 +164,7 @@ fn seed002_hundred_requests_prepare_while_five_stream() {
         }
     }
     // All 100 prepared; not one stream finished yet.
-    assert_eq!(rig.phases(), (0, 0, 95, 5));
+    assert_eq!(phases(&rig), (0, 0, 95, 5));
     let s = rig.stats();
     assert_eq!(s.totals.preparations_started, 100);
     assert_eq!(s.totals.streams_started, 5);
@@ -290,17 +172,17 @@ fn seed002_hundred_requests_prepare_while_five_stream() {
     assert_eq!(s.preparation_slots_in_use, 0);
 
     // Streams finish in order; each slot goes to the next waiter, FIFO, in the
-    // same step (rule 8).
+    // same step (contract rule 8).
     for j in 0..100u64 {
-        rig.chunk(f(j), format!("answer {j}")).unwrap();
-        assert_eq!(rig.actions(), vec![]);
-        rig.upstream_ok(f(j)).unwrap();
+        rig.try_chunk(f(j), format!("answer {j}")).unwrap();
+        assert_eq!(rig.take(), vec![]);
+        rig.try_end(f(j), Ok(())).unwrap();
         let mut expected = vec![ended(f(j))];
         if j + 5 < 100 {
             expected.push(start_stream(f(j + 5)));
         }
-        assert_eq!(rig.actions(), expected, "stream {j} ended");
-        let (ready, items) = rig.read(r(j));
+        assert_eq!(rig.take(), expected, "stream {j} ended");
+        let (ready, items) = rig.read_with_readiness(r(j));
         assert_eq!(ready, Readiness::Ready);
         assert_eq!(
             items,
@@ -309,65 +191,68 @@ fn seed002_hundred_requests_prepare_while_five_stream() {
                 end(Outcome::Completed)
             ]
         );
-        rig.detach(r(j)).unwrap();
-        assert_eq!(rig.actions(), vec![]);
+        rig.try_detach(r(j)).unwrap();
+        assert_eq!(rig.take(), vec![]);
         let left = usize::try_from(99 - j).unwrap();
-        assert_eq!(rig.phases(), (0, 0, left.saturating_sub(5), left.min(5)));
+        assert_eq!(phases(&rig), (0, 0, left.saturating_sub(5), left.min(5)));
     }
     let s = rig.stats();
     assert_eq!(s.totals.streams_started, 100);
     assert_eq!(s.totals.completed, 100);
     assert_eq!(s.cache_entries, 100);
-    // Rule 21: once the cache entries expire (cache_ttl after t=0), nothing is left.
-    assert_eq!(rig.m.poll_timeout(), Some(ms(600_000)));
+    // Contract rule 21: once the cache entries expire (cache_ttl after t=0), nothing is left.
+    assert_eq!(rig.machine.poll_timeout(), Some(ms(600_000)));
     rig.at(600_000).timeout();
-    assert!(rig.m.is_empty(), "{:?}", rig.stats());
+    assert!(rig.machine.is_empty(), "{:?}", rig.stats());
 }
 
 // ----- Concurrent & Parallel: the thundering herd ---------------------------
 
-/// Rules 2, 7, 8, 19, 24 (seed 001 "Concurrent & Parallel", the thundering
+/// Contract rules 2, 7, 8, 19, 24 (seed 001 "Concurrent & Parallel", the thundering
 /// herd): ten identical requests make one flight, one preparation and exactly
 /// one upstream stream; a late joiner replays from the first chunk; every
 /// member reads every chunk once, in order, then one `End(Completed)`; the
 /// next identical request is a cache hit.
 #[test]
 fn seed001_thundering_herd_makes_one_upstream_stream() {
-    let mut rig = Rig::new(Config::default());
+    let mut rig = Driver::new(Config::default());
     let s = rig.submit("same");
     assert_eq!(s.route, Route::NewFlight(f(0)));
-    assert_eq!(rig.actions(), vec![start_prep(f(0), "same")]);
+    assert_eq!(rig.take(), vec![start_prep(f(0), "same")]);
     for i in 1..10 {
         let s = rig.submit("same");
         assert_eq!(s.request, r(i));
         assert_eq!(s.route, Route::Joined(f(0)));
-        assert_eq!(rig.actions(), vec![], "a joiner starts nothing");
+        assert_eq!(rig.take(), vec![], "a joiner starts nothing");
         assert_eq!(rig.state(r(i)), Some(RequestState::Preparing));
     }
-    // Rule 2: joiners take no queue place and no preparation slot.
-    assert_eq!(rig.phases(), (0, 1, 0, 0));
+    // Contract rule 2: joiners take no queue place and no preparation slot.
+    assert_eq!(phases(&rig), (0, 1, 0, 0));
     assert_eq!(rig.stats().totals.coalesced, 9);
     for i in 0..10 {
-        rig.attach(r(i)).unwrap();
+        rig.try_attach(r(i)).unwrap();
     }
     // Five members read before anything exists: they park.
     for i in 0..5 {
-        assert_eq!(rig.read(r(i)), (Readiness::Pending, vec![]));
+        assert_eq!(rig.read_with_readiness(r(i)), (Readiness::Pending, vec![]));
     }
 
-    rig.at(5).prepared(f(0)).unwrap();
-    assert_eq!(rig.actions(), vec![start_stream(f(0))]);
-    rig.at(6).chunk(f(0), "The ").unwrap();
+    rig.at(5).prepared(f(0));
+    assert_eq!(rig.take(), vec![start_stream(f(0))]);
+    rig.at(6).chunk(f(0), "The ");
     assert_eq!(
-        rig.actions(),
+        rig.take(),
         (0..5).map(|i| wake(r(i))).collect::<Vec<_>>(),
         "every parked reader is woken once"
     );
-    assert_eq!(rig.read(r(0)), (Readiness::Ready, vec![chunk("The ")]));
-    rig.at(7).chunk(f(0), "quick ").unwrap();
+    assert_eq!(
+        rig.read_with_readiness(r(0)),
+        (Readiness::Ready, vec![chunk("The ")])
+    );
+    rig.at(7).chunk(f(0), "quick ");
     // Read-and-park: r0's read parked it again; the others were woken and have
     // not read since.
-    assert_eq!(rig.actions(), vec![wake(r(0))], "only r0 is parked");
+    assert_eq!(rig.take(), vec![wake(r(0))], "only r0 is parked");
 
     // A late joiner replays from the first chunk.
     rig.at(8);
@@ -375,28 +260,28 @@ fn seed001_thundering_herd_makes_one_upstream_stream() {
     assert_eq!(late.request, r(10));
     assert_eq!(late.route, Route::Joined(f(0)));
     assert_eq!(rig.state(r(10)), Some(RequestState::Streaming));
-    rig.attach(r(10)).unwrap();
+    rig.try_attach(r(10)).unwrap();
     assert_eq!(
-        rig.read(r(10)),
+        rig.read_with_readiness(r(10)),
         (Readiness::Ready, vec![chunk("The "), chunk("quick ")])
     );
-    rig.at(9).chunk(f(0), "fox").unwrap();
+    rig.at(9).chunk(f(0), "fox");
     assert_eq!(
-        rig.actions(),
+        rig.take(),
         vec![wake(r(10))],
         "the late joiner's read parked it"
     );
     assert_eq!(
-        rig.read(r(3)),
+        rig.read_with_readiness(r(3)),
         (
             Readiness::Ready,
             vec![chunk("The "), chunk("quick "), chunk("fox")]
         )
     );
-    assert_eq!(rig.read(r(3)), (Readiness::Pending, vec![]));
+    assert_eq!(rig.read_with_readiness(r(3)), (Readiness::Pending, vec![]));
 
-    rig.at(10).upstream_ok(f(0)).unwrap();
-    assert_eq!(rig.actions(), vec![wake(r(3)), ended(f(0))]);
+    rig.at(10).end(f(0));
+    assert_eq!(rig.take(), vec![wake(r(3)), ended(f(0))]);
 
     let all = vec![
         chunk("The "),
@@ -406,12 +291,12 @@ fn seed001_thundering_herd_makes_one_upstream_stream() {
     ];
     for i in 0..11 {
         // One read returns the rest of the log and the end, the next is closed.
-        let (ready, rest) = rig.read(r(i));
+        let (ready, rest) = rig.read_with_readiness(r(i));
         assert_eq!(ready, Readiness::Ready);
         assert_eq!(rest.last(), Some(&end(Outcome::Completed)));
-        assert_eq!(rig.read(r(i)), (Readiness::Closed, vec![]));
+        assert_eq!(rig.read_with_readiness(r(i)), (Readiness::Closed, vec![]));
         // Across the whole run: every chunk once, in order, then one end.
-        assert_eq!(rig.reads[&r(i)], all, "request {i}");
+        assert_eq!(rig.reads(r(i)), all, "request {i}");
         assert_eq!(
             rig.state(r(i)),
             Some(RequestState::Done(Outcome::Completed))
@@ -428,154 +313,169 @@ fn seed001_thundering_herd_makes_one_upstream_stream() {
     rig.at(11);
     let hit = rig.submit("same");
     assert_eq!(hit.route, Route::Cached);
-    assert_eq!(rig.actions(), vec![]);
-    rig.attach(hit.request).unwrap();
-    assert_eq!(rig.read(hit.request), (Readiness::Ready, all.clone()));
+    assert_eq!(rig.take(), vec![]);
+    rig.try_attach(hit.request).unwrap();
+    assert_eq!(
+        rig.read_with_readiness(hit.request),
+        (Readiness::Ready, all.clone())
+    );
     let t = rig.stats().totals;
     assert_eq!((t.streams_started, t.cache_hits), (1, 1));
 }
 
 // ----- A War Against Race Conditions ----------------------------------------
 
-/// Rules 9, 10, 13 (seed 004 "A War Against Race Conditions" problem #2, the
+/// Contract rules 9, 10, 13 (seed 004 "A War Against Race Conditions" problem #2, the
 /// pre-emptive cleanup; seed 003): cancel a request nobody reads yet, then
 /// attach: the stream yields `End(Cancelled)`, never "not found". Cancelling
 /// again is idempotent. A cancelled queued flight starts no work.
 #[test]
 fn seed004_cancel_then_stream_reads_cancelled_not_not_found() {
-    let mut rig = Rig::new(Config {
+    let mut rig = Driver::new(Config {
         max_concurrent_requests: 1,
         ..Config::default()
     });
     let a = rig.submit("a").request;
-    assert_eq!(rig.actions(), vec![start_prep(f(0), "a")]);
+    assert_eq!(rig.take(), vec![start_prep(f(0), "a")]);
     let b = rig.submit("b").request;
-    assert_eq!(rig.actions(), vec![]);
+    assert_eq!(rig.take(), vec![]);
     assert_eq!(rig.position(b), Some(0));
 
-    // The queued one first (rule 10): it leaves the queue, no work ever starts.
-    rig.at(4).cancel(b).unwrap();
-    assert_eq!(rig.actions(), vec![ended(f(1))]);
-    assert_eq!(rig.phases(), (0, 1, 0, 0));
+    // The queued one first (contract rule 10): it leaves the queue, no work ever starts.
+    rig.at(4).cancel(b);
+    assert_eq!(rig.take(), vec![ended(f(1))]);
+    assert_eq!(phases(&rig), (0, 1, 0, 0));
     // The preparing one: aborted in the same step.
-    rig.at(5).cancel(a).unwrap();
+    rig.at(5).cancel(a);
     assert_eq!(
-        rig.actions(),
+        rig.take(),
         vec![abort(f(0), Work::Preparation), ended(f(0))]
     );
     assert_eq!(rig.state(a), Some(RequestState::Cancelled));
     assert_eq!(rig.state(b), Some(RequestState::Cancelled));
-    // Rule 9: idempotent, still nothing to do.
-    assert_eq!(rig.cancel(a), Ok(()));
-    assert_eq!(rig.cancel(b), Ok(()));
-    assert_eq!(rig.actions(), vec![]);
+    // Contract rule 9: idempotent, still nothing to do.
+    assert_eq!(rig.try_cancel(a), Ok(()));
+    assert_eq!(rig.try_cancel(b), Ok(()));
+    assert_eq!(rig.take(), vec![]);
     assert_eq!(rig.stats().totals.preparations_started, 1);
 
     // The records stay for cancelled_retention (30 s by default).
-    assert_eq!(rig.m.poll_timeout(), Some(ms(30_004)));
+    assert_eq!(rig.machine.poll_timeout(), Some(ms(30_004)));
     rig.at(30_003).timeout();
-    assert_eq!(rig.actions(), vec![]);
+    assert_eq!(rig.take(), vec![]);
     for req in [a, b] {
-        assert_eq!(rig.attach(req), Ok(()), "never NotFound within retention");
         assert_eq!(
-            rig.read(req),
+            rig.try_attach(req),
+            Ok(()),
+            "never NotFound within retention"
+        );
+        assert_eq!(
+            rig.read_with_readiness(req),
             (Readiness::Ready, vec![end(Outcome::Cancelled)])
         );
-        assert_eq!(rig.read(req), (Readiness::Closed, vec![]));
-        rig.detach(req).unwrap();
+        assert_eq!(rig.read_with_readiness(req), (Readiness::Closed, vec![]));
+        rig.try_detach(req).unwrap();
         assert_eq!(rig.state(req), None);
     }
-    assert_eq!(rig.m.poll_timeout(), None);
-    assert!(rig.m.is_empty(), "{:?}", rig.stats());
+    assert_eq!(rig.machine.poll_timeout(), None);
+    assert!(rig.machine.is_empty(), "{:?}", rig.stats());
 }
 
-/// Rules 14, 19 (seed 004 problem #3, the muted messenger; seed 003): a client
+/// Contract rules 14, 19 (seed 004 problem #3, the muted messenger; seed 003): a client
 /// reading mid-stream cancels; it is woken and reads `End(Cancelled)` as its
 /// last item, after the chunks it already read. Guaranteed, not a last gasp.
 #[test]
 fn seed004_cancel_mid_stream_ends_with_cancelled() {
-    let mut rig = Rig::new(Config::default());
+    let mut rig = Driver::new(Config::default());
     let a = rig.submit("k").request;
-    rig.attach(a).unwrap();
-    assert_eq!(rig.actions(), vec![start_prep(f(0), "k")]);
-    rig.at(1).prepared(f(0)).unwrap();
-    assert_eq!(rig.actions(), vec![start_stream(f(0))]);
-    rig.at(2).chunk(f(0), "one ").unwrap();
-    assert_eq!(rig.actions(), vec![]);
-    assert_eq!(rig.read(a), (Readiness::Ready, vec![chunk("one ")]));
-    assert_eq!(rig.read(a), (Readiness::Pending, vec![]));
-    rig.at(3).chunk(f(0), "two ").unwrap();
-    assert_eq!(rig.actions(), vec![wake(a)]);
-    assert_eq!(rig.read(a), (Readiness::Ready, vec![chunk("two ")]));
-    assert_eq!(rig.read(a), (Readiness::Pending, vec![]));
+    rig.try_attach(a).unwrap();
+    assert_eq!(rig.take(), vec![start_prep(f(0), "k")]);
+    rig.at(1).prepared(f(0));
+    assert_eq!(rig.take(), vec![start_stream(f(0))]);
+    rig.at(2).chunk(f(0), "one ");
+    assert_eq!(rig.take(), vec![]);
+    assert_eq!(
+        rig.read_with_readiness(a),
+        (Readiness::Ready, vec![chunk("one ")])
+    );
+    assert_eq!(rig.read_with_readiness(a), (Readiness::Pending, vec![]));
+    rig.at(3).chunk(f(0), "two ");
+    assert_eq!(rig.take(), vec![wake(a)]);
+    assert_eq!(
+        rig.read_with_readiness(a),
+        (Readiness::Ready, vec![chunk("two ")])
+    );
+    assert_eq!(rig.read_with_readiness(a), (Readiness::Pending, vec![]));
 
     // Cancel while the reader waits: woken, stream aborted, flight over, all
     // in this one step.
-    rig.at(4).cancel(a).unwrap();
+    rig.at(4).cancel(a);
     assert_eq!(
-        rig.actions(),
+        rig.take(),
         vec![wake(a), abort(f(0), Work::Stream), ended(f(0))]
     );
     assert_eq!(rig.state(a), Some(RequestState::Cancelled));
     assert_eq!(
-        rig.read(a),
+        rig.read_with_readiness(a),
         (Readiness::Ready, vec![end(Outcome::Cancelled)]),
         "the last item is the cancel confirmation"
     );
-    assert_eq!(rig.read(a), (Readiness::Closed, vec![]));
+    assert_eq!(rig.read_with_readiness(a), (Readiness::Closed, vec![]));
     let s = rig.stats();
     assert_eq!((s.streaming, s.stream_slots_in_use), (0, 0));
     assert_eq!(s.cache_entries, 0, "a cancelled stream is not cached");
-    rig.detach(a).unwrap();
-    assert!(rig.m.is_empty(), "{:?}", rig.stats());
+    rig.try_detach(a).unwrap();
+    assert!(rig.machine.is_empty(), "{:?}", rig.stats());
 }
 
-/// Rules 11, 7, 8 (seed 001 "Concurrent & Parallel": the leader cancels, the
+/// Contract rules 11, 7, 8 (seed 001 "Concurrent & Parallel": the leader cancels, the
 /// broadcast goes on for the followers; no immortal leader is needed): the
 /// first member cancels while the others read; it reads `End(Cancelled)`, the
 /// upstream is not aborted and the others read on to `End(Completed)`.
 #[test]
 fn seed001_first_member_cancels_others_read_on() {
-    let mut rig = Rig::new(Config::default());
+    let mut rig = Driver::new(Config::default());
     let first = rig.submit("k").request;
-    assert_eq!(rig.actions(), vec![start_prep(f(0), "k")]);
+    assert_eq!(rig.take(), vec![start_prep(f(0), "k")]);
     let second = rig.submit("k").request;
     let third = rig.submit("k").request;
     for req in [first, second, third] {
-        rig.attach(req).unwrap();
+        rig.try_attach(req).unwrap();
     }
-    rig.at(1).prepared(f(0)).unwrap();
-    assert_eq!(rig.actions(), vec![start_stream(f(0))]);
-    rig.at(2).chunk(f(0), "a").unwrap();
+    rig.at(1).prepared(f(0));
+    assert_eq!(rig.take(), vec![start_stream(f(0))]);
+    rig.at(2).chunk(f(0), "a");
     for req in [first, second, third] {
-        assert_eq!(rig.read(req), (Readiness::Ready, vec![chunk("a")]));
+        assert_eq!(
+            rig.read_with_readiness(req),
+            (Readiness::Ready, vec![chunk("a")])
+        );
     }
-    assert_eq!(rig.read(second), (Readiness::Pending, vec![]));
-
-    rig.at(3).cancel(first).unwrap();
-    // Its read parked it, so the cancel wakes it to read the cancellation.
     assert_eq!(
-        rig.actions(),
-        vec![wake(first)],
-        "no abort: others still wait"
+        rig.read_with_readiness(second),
+        (Readiness::Pending, vec![])
     );
+
+    rig.at(3).cancel(first);
+    // Its read parked it, so the cancel wakes it to read the cancellation.
+    assert_eq!(rig.take(), vec![wake(first)], "no abort: others still wait");
     assert_eq!(rig.state(first), Some(RequestState::Cancelled));
     assert_eq!(rig.state(second), Some(RequestState::Streaming));
-    assert_eq!(rig.phases(), (0, 0, 0, 1));
+    assert_eq!(phases(&rig), (0, 0, 0, 1));
     assert_eq!(
-        rig.read(first),
+        rig.read_with_readiness(first),
         (Readiness::Ready, vec![end(Outcome::Cancelled)])
     );
 
-    rig.at(4).chunk(f(0), "b").unwrap();
-    assert_eq!(rig.actions(), vec![wake(second), wake(third)]);
-    rig.at(5).chunk(f(0), "c").unwrap();
-    assert_eq!(rig.actions(), vec![]);
-    rig.at(6).upstream_ok(f(0)).unwrap();
-    assert_eq!(rig.actions(), vec![ended(f(0))]);
+    rig.at(4).chunk(f(0), "b");
+    assert_eq!(rig.take(), vec![wake(second), wake(third)]);
+    rig.at(5).chunk(f(0), "c");
+    assert_eq!(rig.take(), vec![]);
+    rig.at(6).end(f(0));
+    assert_eq!(rig.take(), vec![ended(f(0))]);
     for req in [second, third] {
         assert_eq!(
-            rig.read(req),
+            rig.read_with_readiness(req),
             (
                 Readiness::Ready,
                 vec![chunk("b"), chunk("c"), end(Outcome::Completed)]
@@ -583,7 +483,7 @@ fn seed001_first_member_cancels_others_read_on() {
         );
         assert_eq!(rig.state(req), Some(RequestState::Done(Outcome::Completed)));
     }
-    assert_eq!(rig.read(first), (Readiness::Closed, vec![]));
+    assert_eq!(rig.read_with_readiness(first), (Readiness::Closed, vec![]));
     let s = rig.stats();
     assert_eq!(
         (
@@ -598,54 +498,51 @@ fn seed001_first_member_cancels_others_read_on() {
 
 // ----- For The Greater Good: no zombie slots --------------------------------
 
-/// Rules 12, 15, 5, 8 (seed 003 "For The Greater Good", the zombie holding a
+/// Contract rules 12, 15, 5, 8 (seed 003 "For The Greater Good", the zombie holding a
 /// semaphore slot; seed 004 problem #1): when the last member leaves, the work
 /// is aborted and its slot goes to the next waiter in the same step: one
 /// `poll_action` drain holds the `Abort`, the `FlightEnded` and the next
 /// flight's `StartStream` (or `StartPreparation`).
 #[test]
 fn seed003_last_member_leaving_frees_the_slot_in_the_same_step() {
-    let mut rig = Rig::new(Config {
+    let mut rig = Driver::new(Config {
         max_concurrent_requests: 1,
         max_concurrent_streams: 1,
         ..Config::default()
     });
     let a = rig.submit("a").request;
-    assert_eq!(rig.actions(), vec![start_prep(f(0), "a")]);
+    assert_eq!(rig.take(), vec![start_prep(f(0), "a")]);
     let b = rig.submit("b").request;
-    assert_eq!(rig.actions(), vec![]);
-    rig.attach(a).unwrap();
-    rig.attach(b).unwrap();
-    rig.at(1).prepared(f(0)).unwrap();
-    assert_eq!(
-        rig.actions(),
-        vec![start_prep(f(1), "b"), start_stream(f(0))]
-    );
-    rig.at(2).prepared(f(1)).unwrap();
-    assert_eq!(rig.actions(), vec![], "no stream slot free");
+    assert_eq!(rig.take(), vec![]);
+    rig.try_attach(a).unwrap();
+    rig.try_attach(b).unwrap();
+    rig.at(1).prepared(f(0));
+    assert_eq!(rig.take(), vec![start_prep(f(1), "b"), start_stream(f(0))]);
+    rig.at(2).prepared(f(1));
+    assert_eq!(rig.take(), vec![], "no stream slot free");
     assert_eq!(rig.state(b), Some(RequestState::WaitingForStream));
-    rig.at(3).chunk(f(0), "x").unwrap();
-    assert_eq!(rig.actions(), vec![]);
+    rig.at(3).chunk(f(0), "x");
+    assert_eq!(rig.take(), vec![]);
 
     // The stream slot: cancel the only member of the streaming flight.
-    rig.at(4).cancel(a).unwrap();
+    rig.at(4).cancel(a);
     assert_eq!(
-        rig.actions(),
+        rig.take(),
         vec![abort(f(0), Work::Stream), ended(f(0)), start_stream(f(1))]
     );
     assert_eq!(rig.state(b), Some(RequestState::Streaming));
-    assert_eq!(rig.phases(), (0, 0, 0, 1));
+    assert_eq!(phases(&rig), (0, 0, 0, 1));
 
-    // The preparation slot, by dropping the stream (rule 15): the record goes too.
+    // The preparation slot, by dropping the stream (contract rule 15): the record goes too.
     let c = rig.at(5).submit("c").request;
-    assert_eq!(rig.actions(), vec![start_prep(f(2), "c")]);
+    assert_eq!(rig.take(), vec![start_prep(f(2), "c")]);
     let d = rig.submit("d").request;
-    assert_eq!(rig.actions(), vec![]);
-    rig.attach(c).unwrap();
-    rig.attach(d).unwrap();
-    rig.at(6).detach(c).unwrap();
+    assert_eq!(rig.take(), vec![]);
+    rig.try_attach(c).unwrap();
+    rig.try_attach(d).unwrap();
+    rig.at(6).detach(c);
     assert_eq!(
-        rig.actions(),
+        rig.take(),
         vec![
             abort(f(2), Work::Preparation),
             ended(f(2)),
@@ -658,23 +555,23 @@ fn seed003_last_member_leaving_frees_the_slot_in_the_same_step() {
     assert_eq!((s.preparation_slots_in_use, s.stream_slots_in_use), (1, 1));
 }
 
-/// Rule 16 (seed 004, a worker reporting after its request was cleaned up):
+/// Contract rule 16 (seed 004, a worker reporting after its request was cleaned up):
 /// results from aborted work are refused and change nothing, even after a new
 /// flight started; they never reach the new flight's reader.
 #[test]
 fn seed004_late_completions_after_abort_are_ignored() {
-    let mut rig = Rig::new(Config {
+    let mut rig = Driver::new(Config {
         max_concurrent_requests: 1,
         max_concurrent_streams: 1,
         ..Config::default()
     });
     let a = rig.submit("a").request;
-    rig.attach(a).unwrap();
-    assert_eq!(rig.actions(), vec![start_prep(f(0), "a")]);
-    rig.at(1).prepared(f(0)).unwrap();
-    assert_eq!(rig.actions(), vec![start_stream(f(0))]);
-    rig.at(2).cancel(a).unwrap();
-    assert_eq!(rig.actions(), vec![abort(f(0), Work::Stream), ended(f(0))]);
+    rig.try_attach(a).unwrap();
+    assert_eq!(rig.take(), vec![start_prep(f(0), "a")]);
+    rig.at(1).prepared(f(0));
+    assert_eq!(rig.take(), vec![start_stream(f(0))]);
+    rig.at(2).cancel(a);
+    assert_eq!(rig.take(), vec![abort(f(0), Work::Stream), ended(f(0))]);
 
     let b = rig.at(3).submit("b");
     assert_eq!(
@@ -682,103 +579,115 @@ fn seed004_late_completions_after_abort_are_ignored() {
         Route::NewFlight(f(1)),
         "flight ids are never reused"
     );
-    rig.attach(b.request).unwrap();
-    assert_eq!(rig.actions(), vec![start_prep(f(1), "b")]);
+    rig.try_attach(b.request).unwrap();
+    assert_eq!(rig.take(), vec![start_prep(f(1), "b")]);
 
     // A flight cancelled while still queued.
     let c = rig.submit("c").request;
-    assert_eq!(rig.actions(), vec![]);
-    rig.at(4).cancel(c).unwrap();
-    assert_eq!(rig.actions(), vec![ended(f(2))]);
+    assert_eq!(rig.take(), vec![]);
+    rig.at(4).cancel(c);
+    assert_eq!(rig.take(), vec![ended(f(2))]);
 
-    let before = rig.m.clone();
-    assert_eq!(rig.at(5).prepared(f(0)), Err(StaleFlight));
-    assert_eq!(rig.chunk(f(0), "late"), Err(StaleFlight));
-    assert_eq!(rig.upstream_ok(f(0)), Err(StaleFlight));
-    assert_eq!(rig.prepared(f(2)), Err(StaleFlight));
+    let before = rig.machine.clone();
     assert_eq!(
-        rig.m
+        rig.at(5).try_prepared(f(0), Ok(Prepared::CACHEABLE)),
+        Err(StaleFlight)
+    );
+    assert_eq!(rig.try_chunk(f(0), "late"), Err(StaleFlight));
+    assert_eq!(rig.try_end(f(0), Ok(())), Err(StaleFlight));
+    assert_eq!(
+        rig.try_prepared(f(2), Ok(Prepared::CACHEABLE)),
+        Err(StaleFlight)
+    );
+    assert_eq!(
+        rig.machine
             .handle_prepared(rig.now, f(0), Err(Failure::Preparation("late".into()))),
         Err(StaleFlight)
     );
-    assert_eq!(rig.actions(), vec![]);
-    assert_eq!(rig.m, before, "late completions change nothing");
+    assert_eq!(rig.take(), vec![]);
+    assert_eq!(rig.machine, before, "late completions change nothing");
 
-    rig.at(6).prepared(f(1)).unwrap();
-    assert_eq!(rig.actions(), vec![start_stream(f(1))]);
-    assert_eq!(rig.chunk(f(0), "late"), Err(StaleFlight));
-    assert_eq!(rig.read(b.request), (Readiness::Pending, vec![]));
-    rig.at(7).chunk(f(1), "mine").unwrap();
-    assert_eq!(rig.actions(), vec![wake(b.request)]);
-    assert_eq!(rig.read(b.request), (Readiness::Ready, vec![chunk("mine")]));
+    rig.at(6).prepared(f(1));
+    assert_eq!(rig.take(), vec![start_stream(f(1))]);
+    assert_eq!(rig.try_chunk(f(0), "late"), Err(StaleFlight));
+    assert_eq!(
+        rig.read_with_readiness(b.request),
+        (Readiness::Pending, vec![])
+    );
+    rig.at(7).chunk(f(1), "mine");
+    assert_eq!(rig.take(), vec![wake(b.request)]);
+    assert_eq!(
+        rig.read_with_readiness(b.request),
+        (Readiness::Ready, vec![chunk("mine")])
+    );
 }
 
 // ----- Deadlines: the janitor, done right (seeds 000, 001) ------------------
 
-/// Rules 17, 18 (seed 001's janitor "timed out in queue"; seed 000 "Superior
+/// Contract rules 17, 18 (seed 001's janitor "timed out in queue"; seed 000 "Superior
 /// Event-Driven": no polling): the queue deadline fires exactly
 /// `queue_timeout` after the submit, the flight leaves the queue and no work
 /// ever starts for it.
 #[test]
 fn timeout_queue() {
-    let mut rig = Rig::new(Config {
+    let mut rig = Driver::new(Config {
         max_concurrent_requests: 1,
         queue_timeout: Duration::from_millis(40),
         ..slow()
     });
     let a = rig.submit("a").request;
-    rig.attach(a).unwrap();
-    assert_eq!(rig.actions(), vec![start_prep(f(0), "a")]);
+    rig.try_attach(a).unwrap();
+    assert_eq!(rig.take(), vec![start_prep(f(0), "a")]);
     let b = rig.at(10).submit("b").request;
-    rig.attach(b).unwrap();
-    assert_eq!(rig.actions(), vec![]);
-    assert_eq!(rig.m.poll_timeout(), Some(ms(50)));
+    rig.try_attach(b).unwrap();
+    assert_eq!(rig.take(), vec![]);
+    assert_eq!(rig.machine.poll_timeout(), Some(ms(50)));
     rig.at(49).timeout();
-    assert_eq!(rig.actions(), vec![]);
+    assert_eq!(rig.take(), vec![]);
     assert_eq!(rig.state(b), Some(RequestState::Queued));
     assert_eq!(rig.position(b), Some(0));
 
     rig.at(50).timeout();
-    assert_eq!(rig.actions(), vec![ended(f(1))]);
+    assert_eq!(rig.take(), vec![ended(f(1))]);
     assert_eq!(
         rig.state(b),
         Some(RequestState::Done(Outcome::TimedOut(Phase::Queue)))
     );
     assert_eq!(
-        rig.read(b),
+        rig.read_with_readiness(b),
         (Readiness::Ready, vec![end(Outcome::TimedOut(Phase::Queue))])
     );
     assert_eq!(rig.state(a), Some(RequestState::Preparing));
-    assert_eq!(rig.phases(), (0, 1, 0, 0));
+    assert_eq!(phases(&rig), (0, 1, 0, 0));
     let t = rig.stats().totals;
     assert_eq!((t.preparations_started, t.timed_out), (1, 1));
     // Next: a's preparation deadline, 1000 s after t=0.
-    assert_eq!(rig.m.poll_timeout(), Some(ms(1_000_000)));
+    assert_eq!(rig.machine.poll_timeout(), Some(ms(1_000_000)));
 }
 
-/// Rules 17, 5 (seed 001's janitor "timed out during processing"): the
+/// Contract rules 17, 5 (seed 001's janitor "timed out during processing"): the
 /// preparation deadline fires exactly `preparation_timeout` after the
 /// preparation started; it is aborted and its slot goes to the queued flight
 /// in the same step.
 #[test]
 fn timeout_preparation() {
-    let mut rig = Rig::new(Config {
+    let mut rig = Driver::new(Config {
         max_concurrent_requests: 1,
         preparation_timeout: Duration::from_millis(30),
         ..slow()
     });
     let a = rig.at(5).submit("a").request;
-    rig.attach(a).unwrap();
-    assert_eq!(rig.actions(), vec![start_prep(f(0), "a")]);
+    rig.try_attach(a).unwrap();
+    assert_eq!(rig.take(), vec![start_prep(f(0), "a")]);
     let b = rig.at(6).submit("b").request;
-    rig.attach(b).unwrap();
-    assert_eq!(rig.m.poll_timeout(), Some(ms(35)));
+    rig.try_attach(b).unwrap();
+    assert_eq!(rig.machine.poll_timeout(), Some(ms(35)));
     rig.at(34).timeout();
-    assert_eq!(rig.actions(), vec![]);
+    assert_eq!(rig.take(), vec![]);
 
     rig.at(35).timeout();
     assert_eq!(
-        rig.actions(),
+        rig.take(),
         vec![
             abort(f(0), Work::Preparation),
             ended(f(0)),
@@ -786,7 +695,7 @@ fn timeout_preparation() {
         ]
     );
     assert_eq!(
-        rig.read(a),
+        rig.read_with_readiness(a),
         (
             Readiness::Ready,
             vec![end(Outcome::TimedOut(Phase::Preparation))]
@@ -794,16 +703,19 @@ fn timeout_preparation() {
     );
     assert_eq!(rig.state(b), Some(RequestState::Preparing));
     // b's preparation started at 35: its deadline is 65.
-    assert_eq!(rig.m.poll_timeout(), Some(ms(65)));
-    assert_eq!(rig.prepared(f(0)), Err(StaleFlight));
+    assert_eq!(rig.machine.poll_timeout(), Some(ms(65)));
+    assert_eq!(
+        rig.try_prepared(f(0), Ok(Prepared::CACHEABLE)),
+        Err(StaleFlight)
+    );
 }
 
-/// Rules 17, 6: a prepared flight waits for a stream slot at most
+/// Contract rules 17, 6: a prepared flight waits for a stream slot at most
 /// `stream_slot_timeout`, counted from the end of its preparation; nothing
 /// ever ran for it, so nothing is aborted.
 #[test]
 fn timeout_stream_slot() {
-    let mut rig = Rig::new(Config {
+    let mut rig = Driver::new(Config {
         max_concurrent_requests: 2,
         max_concurrent_streams: 1,
         stream_slot_timeout: Duration::from_millis(50),
@@ -811,25 +723,25 @@ fn timeout_stream_slot() {
     });
     let a = rig.submit("a").request;
     let b = rig.submit("b").request;
-    rig.attach(a).unwrap();
-    rig.attach(b).unwrap();
+    rig.try_attach(a).unwrap();
+    rig.try_attach(b).unwrap();
     assert_eq!(
-        rig.actions(),
+        rig.take(),
         vec![start_prep(f(0), "a"), start_prep(f(1), "b")]
     );
-    rig.at(1).prepared(f(0)).unwrap();
-    assert_eq!(rig.actions(), vec![start_stream(f(0))]);
-    rig.at(2).prepared(f(1)).unwrap();
-    assert_eq!(rig.actions(), vec![]);
+    rig.at(1).prepared(f(0));
+    assert_eq!(rig.take(), vec![start_stream(f(0))]);
+    rig.at(2).prepared(f(1));
+    assert_eq!(rig.take(), vec![]);
     assert_eq!(rig.state(b), Some(RequestState::WaitingForStream));
-    assert_eq!(rig.m.poll_timeout(), Some(ms(52)));
+    assert_eq!(rig.machine.poll_timeout(), Some(ms(52)));
     rig.at(51).timeout();
-    assert_eq!(rig.actions(), vec![]);
+    assert_eq!(rig.take(), vec![]);
 
     rig.at(52).timeout();
-    assert_eq!(rig.actions(), vec![ended(f(1))]);
+    assert_eq!(rig.take(), vec![ended(f(1))]);
     assert_eq!(
-        rig.read(b),
+        rig.read_with_readiness(b),
         (
             Readiness::Ready,
             vec![end(Outcome::TimedOut(Phase::StreamSlot))]
@@ -839,41 +751,41 @@ fn timeout_stream_slot() {
     assert_eq!(rig.stats().totals.streams_started, 1);
 }
 
-/// Rule 17: the whole stream may last `stream_timeout` from its start, however
+/// Contract rule 17: the whole stream may last `stream_timeout` from its start, however
 /// steadily chunks arrive (each chunk re-arms the idle deadline, capped by the
 /// total one). The reader keeps its chunks, then reads the timeout.
 #[test]
 fn timeout_stream_total() {
-    let mut rig = Rig::new(Config {
+    let mut rig = Driver::new(Config {
         stream_timeout: Duration::from_millis(100),
         idle_timeout: Duration::from_millis(35),
         ..slow()
     });
     let a = rig.submit("a").request;
-    rig.attach(a).unwrap();
-    assert_eq!(rig.actions(), vec![start_prep(f(0), "a")]);
-    rig.at(10).prepared(f(0)).unwrap();
-    assert_eq!(rig.actions(), vec![start_stream(f(0))]);
+    rig.try_attach(a).unwrap();
+    assert_eq!(rig.take(), vec![start_prep(f(0), "a")]);
+    rig.at(10).prepared(f(0));
+    assert_eq!(rig.take(), vec![start_stream(f(0))]);
     assert_eq!(
-        rig.m.poll_timeout(),
+        rig.machine.poll_timeout(),
         Some(ms(45)),
         "idle, before the first chunk"
     );
     for (at, data, next) in [(40, "x", 75), (70, "y", 105), (100, "z", 110)] {
-        rig.at(at).chunk(f(0), data).unwrap();
+        rig.at(at).chunk(f(0), data);
         assert_eq!(
-            rig.m.poll_timeout(),
+            rig.machine.poll_timeout(),
             Some(ms(next)),
             "after the chunk at {at}"
         );
     }
     rig.at(109).timeout();
-    assert_eq!(rig.actions(), vec![]);
+    assert_eq!(rig.take(), vec![]);
 
     rig.at(110).timeout();
-    assert_eq!(rig.actions(), vec![abort(f(0), Work::Stream), ended(f(0))]);
+    assert_eq!(rig.take(), vec![abort(f(0), Work::Stream), ended(f(0))]);
     assert_eq!(
-        rig.read(a),
+        rig.read_with_readiness(a),
         (
             Readiness::Ready,
             vec![
@@ -887,13 +799,13 @@ fn timeout_stream_total() {
     assert_eq!(rig.stats().cache_entries, 0);
 }
 
-/// Rules 17, 12, 14: an upstream silent for `idle_timeout` is aborted at
+/// Contract rules 17, 12, 14: an upstream silent for `idle_timeout` is aborted at
 /// exactly the last chunk plus `idle_timeout`; its parked reader is woken and
 /// reads the timeout after its chunk, and the slot goes to the waiting flight
 /// in the same step.
 #[test]
 fn timeout_idle() {
-    let mut rig = Rig::new(Config {
+    let mut rig = Driver::new(Config {
         max_concurrent_requests: 2,
         max_concurrent_streams: 1,
         stream_timeout: Duration::from_millis(100),
@@ -902,27 +814,30 @@ fn timeout_idle() {
     });
     let a = rig.submit("a").request;
     let b = rig.submit("b").request;
-    rig.attach(a).unwrap();
-    rig.attach(b).unwrap();
+    rig.try_attach(a).unwrap();
+    rig.try_attach(b).unwrap();
     assert_eq!(
-        rig.actions(),
+        rig.take(),
         vec![start_prep(f(0), "a"), start_prep(f(1), "b")]
     );
-    rig.at(10).prepared(f(0)).unwrap();
-    assert_eq!(rig.actions(), vec![start_stream(f(0))]);
-    rig.at(11).prepared(f(1)).unwrap();
-    assert_eq!(rig.actions(), vec![]);
-    assert_eq!(rig.m.poll_timeout(), Some(ms(45)));
-    rig.at(30).chunk(f(0), "x").unwrap();
-    assert_eq!(rig.m.poll_timeout(), Some(ms(65)));
-    assert_eq!(rig.read(a), (Readiness::Ready, vec![chunk("x")]));
-    assert_eq!(rig.read(a), (Readiness::Pending, vec![]));
+    rig.at(10).prepared(f(0));
+    assert_eq!(rig.take(), vec![start_stream(f(0))]);
+    rig.at(11).prepared(f(1));
+    assert_eq!(rig.take(), vec![]);
+    assert_eq!(rig.machine.poll_timeout(), Some(ms(45)));
+    rig.at(30).chunk(f(0), "x");
+    assert_eq!(rig.machine.poll_timeout(), Some(ms(65)));
+    assert_eq!(
+        rig.read_with_readiness(a),
+        (Readiness::Ready, vec![chunk("x")])
+    );
+    assert_eq!(rig.read_with_readiness(a), (Readiness::Pending, vec![]));
     rig.at(64).timeout();
-    assert_eq!(rig.actions(), vec![]);
+    assert_eq!(rig.take(), vec![]);
 
     rig.at(65).timeout();
     assert_eq!(
-        rig.actions(),
+        rig.take(),
         vec![
             abort(f(0), Work::Stream),
             wake(a),
@@ -931,62 +846,66 @@ fn timeout_idle() {
         ]
     );
     assert_eq!(
-        rig.read(a),
+        rig.read_with_readiness(a),
         (Readiness::Ready, vec![end(Outcome::TimedOut(Phase::Idle))])
     );
     assert_eq!(rig.state(b), Some(RequestState::Streaming));
     // b streams from 65: idle deadline 100, which is also 65 + 35.
-    assert_eq!(rig.m.poll_timeout(), Some(ms(100)));
+    assert_eq!(rig.machine.poll_timeout(), Some(ms(100)));
 }
 
-/// Rules 17, 6, 13 (Go `CLIENT_PICKUP_TIMEOUT`, seed 004): a request nobody
+/// Contract rules 17, 6, 13 (Go `CLIENT_PICKUP_TIMEOUT`, seed 004): a request nobody
 /// attaches to ends `attach_timeout` after its submit. Its prepared flight never
 /// took a stream slot (no client), so nothing is aborted; the record then stays
 /// for `finished_retention` so a late client reads the timeout.
 #[test]
 fn timeout_attach() {
-    let mut rig = Rig::new(Config {
+    let mut rig = Driver::new(Config {
         attach_timeout: Duration::from_millis(60),
         finished_retention: Duration::from_millis(25),
         ..slow()
     });
     let a = rig.at(7).submit("a").request;
-    assert_eq!(rig.actions(), vec![start_prep(f(0), "a")]);
-    assert_eq!(rig.m.poll_timeout(), Some(ms(67)));
-    rig.at(10).prepared(f(0)).unwrap();
-    assert_eq!(rig.actions(), vec![], "no client, no stream slot");
+    assert_eq!(rig.take(), vec![start_prep(f(0), "a")]);
+    assert_eq!(rig.machine.poll_timeout(), Some(ms(67)));
+    rig.at(10).prepared(f(0));
+    assert_eq!(rig.take(), vec![], "no client, no stream slot");
     assert_eq!(rig.state(a), Some(RequestState::WaitingForStream));
-    assert_eq!(rig.phases(), (0, 0, 1, 0));
+    assert_eq!(phases(&rig), (0, 0, 1, 0));
     rig.at(66).timeout();
-    assert_eq!(rig.actions(), vec![]);
+    assert_eq!(rig.take(), vec![]);
 
     rig.at(67).timeout();
-    assert_eq!(rig.actions(), vec![ended(f(0))]);
+    assert_eq!(rig.take(), vec![ended(f(0))]);
     assert_eq!(
         rig.state(a),
         Some(RequestState::Done(Outcome::TimedOut(Phase::Attach)))
     );
-    assert_eq!(rig.m.poll_timeout(), Some(ms(92)), "finished retention");
-    rig.at(80).attach(a).unwrap();
     assert_eq!(
-        rig.read(a),
+        rig.machine.poll_timeout(),
+        Some(ms(92)),
+        "finished retention"
+    );
+    rig.at(80).attach(a);
+    assert_eq!(
+        rig.read_with_readiness(a),
         (
             Readiness::Ready,
             vec![end(Outcome::TimedOut(Phase::Attach))]
         )
     );
-    assert_eq!(rig.m.poll_timeout(), None);
-    rig.detach(a).unwrap();
-    assert!(rig.m.is_empty(), "{:?}", rig.stats());
+    assert_eq!(rig.machine.poll_timeout(), None);
+    rig.try_detach(a).unwrap();
+    assert!(rig.machine.is_empty(), "{:?}", rig.stats());
 }
 
-/// Rules 13, 17, 21 (seed 004 problem #2; seed 003): a cancelled record stays
+/// Contract rules 13, 17, 21 (seed 004 problem #2; seed 003): a cancelled record stays
 /// exactly `cancelled_retention`: a client attaching one millisecond before
 /// reads `End(Cancelled)`; at the deadline the unread record is gone (now
 /// "not found" is the truth) and the machine is empty.
 #[test]
 fn timeout_cancelled_retention() {
-    let mut rig = Rig::new(Config {
+    let mut rig = Driver::new(Config {
         cancelled_retention: Duration::from_millis(20),
         finished_retention: Duration::from_millis(25),
         ..slow()
@@ -994,13 +913,13 @@ fn timeout_cancelled_retention() {
     let a = rig.submit("a").request;
     let b = rig.submit("b").request;
     assert_eq!(
-        rig.actions(),
+        rig.take(),
         vec![start_prep(f(0), "a"), start_prep(f(1), "b")]
     );
-    rig.at(3).cancel(a).unwrap();
-    rig.cancel(b).unwrap();
+    rig.at(3).cancel(a);
+    rig.try_cancel(b).unwrap();
     assert_eq!(
-        rig.actions(),
+        rig.take(),
         vec![
             abort(f(0), Work::Preparation),
             ended(f(0)),
@@ -1008,54 +927,54 @@ fn timeout_cancelled_retention() {
             ended(f(1))
         ]
     );
-    assert_eq!(rig.m.poll_timeout(), Some(ms(23)));
+    assert_eq!(rig.machine.poll_timeout(), Some(ms(23)));
     rig.at(22).timeout();
-    assert_eq!(rig.attach(b), Ok(()));
+    assert_eq!(rig.try_attach(b), Ok(()));
     assert_eq!(
-        rig.read(b),
+        rig.read_with_readiness(b),
         (Readiness::Ready, vec![end(Outcome::Cancelled)])
     );
     assert_eq!(rig.state(a), Some(RequestState::Cancelled));
 
     rig.at(23).timeout();
-    assert_eq!(rig.actions(), vec![]);
+    assert_eq!(rig.take(), vec![]);
     assert_eq!(rig.state(a), None);
-    assert_eq!(rig.attach(a), Err(RequestError::NotFound));
-    assert_eq!(rig.cancel(a), Err(RequestError::NotFound));
-    assert_eq!(rig.m.poll_timeout(), None);
-    rig.detach(b).unwrap();
-    assert!(rig.m.is_empty(), "{:?}", rig.stats());
+    assert_eq!(rig.try_attach(a), Err(RequestError::NotFound));
+    assert_eq!(rig.try_cancel(a), Err(RequestError::NotFound));
+    assert_eq!(rig.machine.poll_timeout(), None);
+    rig.try_detach(b).unwrap();
+    assert!(rig.machine.is_empty(), "{:?}", rig.stats());
 }
 
-/// Rules 13, 17, 2 (seed 001's cache; seed 004): a finished record nobody
+/// Contract rules 13, 17, 2 (seed 001's cache; seed 004): a finished record nobody
 /// attached to (here two cache hits) stays exactly `finished_retention` after
 /// it ended; then it is gone. The cache entry itself lives `cache_ttl`.
 #[test]
 fn timeout_finished_retention() {
-    let mut rig = Rig::new(Config {
+    let mut rig = Driver::new(Config {
         cancelled_retention: Duration::from_millis(20),
         finished_retention: Duration::from_millis(25),
         ..slow()
     });
     let a = rig.submit("k").request;
-    rig.attach(a).unwrap();
-    rig.at(1).prepared(f(0)).unwrap();
-    rig.at(2).chunk(f(0), "x").unwrap();
-    rig.at(10).upstream_ok(f(0)).unwrap();
+    rig.try_attach(a).unwrap();
+    rig.at(1).prepared(f(0));
+    rig.at(2).chunk(f(0), "x");
+    rig.at(10).end(f(0));
     assert_eq!(
-        rig.actions(),
+        rig.take(),
         vec![start_prep(f(0), "k"), start_stream(f(0)), ended(f(0))]
     );
     assert_eq!(
-        rig.read(a),
+        rig.read_with_readiness(a),
         (Readiness::Ready, vec![chunk("x"), end(Outcome::Completed)])
     );
-    rig.detach(a).unwrap();
+    rig.try_detach(a).unwrap();
 
     let b = rig.at(12).submit("k");
     let c = rig.at(14).submit("k");
     assert_eq!((b.route, c.route), (Route::Cached, Route::Cached));
-    assert_eq!(rig.m.poll_timeout(), Some(ms(37)));
+    assert_eq!(rig.machine.poll_timeout(), Some(ms(37)));
     rig.at(36).timeout();
     assert_eq!(
         rig.state(b.request),
@@ -1063,18 +982,18 @@ fn timeout_finished_retention() {
     );
 
     rig.at(37).timeout();
-    assert_eq!(rig.actions(), vec![]);
+    assert_eq!(rig.take(), vec![]);
     assert_eq!(rig.state(b.request), None);
-    assert_eq!(rig.attach(b.request), Err(RequestError::NotFound));
-    assert_eq!(rig.m.poll_timeout(), Some(ms(39)));
-    rig.at(38).attach(c.request).unwrap();
+    assert_eq!(rig.try_attach(b.request), Err(RequestError::NotFound));
+    assert_eq!(rig.machine.poll_timeout(), Some(ms(39)));
+    rig.at(38).attach(c.request);
     assert_eq!(
-        rig.read(c.request),
+        rig.read_with_readiness(c.request),
         (Readiness::Ready, vec![chunk("x"), end(Outcome::Completed)])
     );
-    rig.detach(c.request).unwrap();
+    rig.try_detach(c.request).unwrap();
     // Only the cache entry is left: 1000 s after the completion at t=10.
-    assert_eq!(rig.m.poll_timeout(), Some(ms(1_000_010)));
+    assert_eq!(rig.machine.poll_timeout(), Some(ms(1_000_010)));
     rig.at(1_000_010).timeout();
-    assert!(rig.m.is_empty(), "{:?}", rig.stats());
+    assert!(rig.machine.is_empty(), "{:?}", rig.stats());
 }

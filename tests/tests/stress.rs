@@ -3,14 +3,9 @@
 //! late attaches, random slow readers, and random preparation and upstream
 //! failures, panics and stalls (ended by the idle deadline). At the end every
 //! reading client got exactly one terminal item, the machine holds nothing
-//! (rule 21) and every task the manager spawned has finished.
+//! (contract rule 21) and every task the manager spawned has finished.
 //!
 //! Run with `--nocapture` to see the numbers.
-
-#[path = "conformance/kit.rs"]
-mod kit;
-#[path = "conformance/rt.rs"]
-mod rt;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
@@ -20,6 +15,7 @@ use flightdeck_tokio::{Config, Failure, Outcome, RequestError};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use flightdeck_tests::{conformance_kit as kit, runtimes as rt};
 use kit::{ms, read_all, Open, Plan, Prep, Probe, Then, M};
 use rt::TestRt;
 
@@ -112,7 +108,7 @@ async fn client<T: TestRt>(m: M<T>, tally: Arc<Tally>, seed: u64) {
         outcome
     };
     match rng.gen_range(0..100) {
-        // Cancel before attaching, then attach: the cancellation (rule 13).
+        // Cancel before attaching, then attach: the cancellation (contract rule 13).
         0..=9 => {
             let id = m.submit(key, plan).expect("submit").id;
             let cancelled = m.cancel(id);
@@ -130,7 +126,7 @@ async fn client<T: TestRt>(m: M<T>, tally: Arc<Tally>, seed: u64) {
                 Err(e) => panic!("{}: cancel: {e}", T::NAME),
             }
         }
-        // Cancel mid-stream: the cancellation is the last item (rule 14), unless
+        // Cancel mid-stream: the cancellation is the last item (contract rule 14), unless
         // the request ended first.
         10..=19 => {
             let mut s = m.submit_and_stream(key, plan).expect("submit");
@@ -161,7 +157,7 @@ async fn client<T: TestRt>(m: M<T>, tally: Arc<Tally>, seed: u64) {
                 Err(e) => panic!("{}: cancel: {e}", T::NAME),
             }
         }
-        // Drop the stream without cancelling (rule 15): the record goes at once.
+        // Drop the stream without cancelling (contract rule 15): the record goes at once.
         20..=29 => {
             let mut s = m.submit_and_stream(key, plan).expect("submit");
             let n = rng.gen_range(0..3);
@@ -179,7 +175,7 @@ async fn client<T: TestRt>(m: M<T>, tally: Arc<Tally>, seed: u64) {
                 T::NAME
             );
         }
-        // Attach late: replay from the first chunk, or the outcome (rule 7, 13).
+        // Attach late: replay from the first chunk, or the outcome (contract rule 7, 13).
         30..=39 => {
             let id = m.submit(key, plan).expect("submit").id;
             T::sleep(ms(rng.gen_range(0..5))).await;
@@ -258,7 +254,7 @@ async fn stress<T: TestRt>() {
     m.check_invariants().expect("invariants");
     // Every user task has finished: only the timer runs.
     kit::eventually::<T>("only the timer task runs", || m.tasks_running() == 1).await;
-    // Retentions and cache entries expire on the timer: the machine empties (rule 21).
+    // Retentions and cache entries expire on the timer: the machine empties (contract rule 21).
     kit::eventually::<T>("the machine is empty", || {
         let s = m.stats();
         s.requests == 0 && s.cache_entries == 0 && s.deadlines == 0

@@ -1,5 +1,5 @@
 //! The conformance scenarios, each written once and run on every runtime in
-//! `rt.rs`. Real tasks, real timers, short (ms) durations.
+//! `flightdeck_tests::runtimes`. Real tasks, real timers, short (ms) durations.
 
 #![allow(unreachable_pub)]
 
@@ -15,7 +15,7 @@ use crate::kit::*;
 use crate::rt::{TestRt, DELIBERATE};
 
 /// N identical requests make one preparation and one upstream call; every client
-/// reads the whole answer (rules 2, 7, 8).
+/// reads the whole answer (contract rules 2, 7, 8).
 pub async fn coalescing<T: TestRt>() {
     const N: usize = 20;
     let probe = Arc::new(Probe::default());
@@ -38,7 +38,7 @@ pub async fn coalescing<T: TestRt>() {
     finish::<T>(&m).await;
 }
 
-/// A client that joins a flight mid-stream replays it from the first chunk (rule 7).
+/// A client that joins a flight mid-stream replays it from the first chunk (contract rule 7).
 pub async fn late_join_replay<T: TestRt>() {
     let probe = Arc::new(Probe::default());
     let m = manager::<T>(config(), &probe);
@@ -63,7 +63,7 @@ pub async fn late_join_replay<T: TestRt>() {
 }
 
 /// A slow reader blocks nobody and loses nothing: the upstream and a fast reader
-/// finish while it sleeps; it then reads every chunk in order (rule 7).
+/// finish while it sleeps; it then reads every chunk in order (contract rule 7).
 pub async fn slow_reader_blocks_nobody<T: TestRt>() {
     let probe = Arc::new(Probe::default());
     let m = manager::<T>(config(), &probe);
@@ -87,7 +87,7 @@ pub async fn slow_reader_blocks_nobody<T: TestRt>() {
 }
 
 /// A completed cacheable result serves the next identical request without any
-/// work; an uncacheable one does not (rules 2, 8).
+/// work; an uncacheable one does not (contract rules 2, 8).
 pub async fn cache_hit<T: TestRt>() {
     let probe = Arc::new(Probe::default());
     let m = manager::<T>(config(), &probe);
@@ -111,7 +111,7 @@ pub async fn cache_hit<T: TestRt>() {
 }
 
 /// Cancel, then attach: the stream yields the cancellation, never "not found"
-/// (rules 9, 13); the preparation nobody waits for is aborted (rule 12). After
+/// (contract rules 9, 13); the preparation nobody waits for is aborted (contract rule 12). After
 /// `cancelled_retention` the record is gone.
 pub async fn cancel_then_stream<T: TestRt>() {
     let probe = Arc::new(Probe::default());
@@ -162,8 +162,8 @@ pub async fn cancel_then_stream<T: TestRt>() {
 }
 
 /// Cancel while reading: the client gets what it was given, then the
-/// cancellation as its last item (rule 14); the upstream of the flight's last
-/// member is dropped (rule 12).
+/// cancellation as its last item (contract rule 14); the upstream of the flight's last
+/// member is dropped (contract rule 12).
 pub async fn cancel_mid_stream<T: TestRt>() {
     let probe = Arc::new(Probe::default());
     let m = manager::<T>(config(), &probe);
@@ -188,8 +188,8 @@ pub async fn cancel_mid_stream<T: TestRt>() {
 }
 
 /// A client that drops its stream cancels its request and its record goes at
-/// once (rule 15); the flight goes on for the others (rule 11) and its upstream
-/// is dropped when the last member leaves (rule 12).
+/// once (contract rule 15); the flight goes on for the others (contract rule 11) and its upstream
+/// is dropped when the last member leaves (contract rule 12).
 pub async fn last_member_leaving_aborts_upstream<T: TestRt>() {
     let probe = Arc::new(Probe::default());
     let m = manager::<T>(config(), &probe);
@@ -220,7 +220,7 @@ pub async fn last_member_leaving_aborts_upstream<T: TestRt>() {
     finish::<T>(&m).await;
 }
 
-/// A flight waits for a stream slot until a client attaches (rule 6).
+/// A flight waits for a stream slot until a client attaches (contract rule 6).
 pub async fn stream_waits_for_a_client<T: TestRt>() {
     let probe = Arc::new(Probe::default());
     let m = manager::<T>(config(), &probe);
@@ -243,7 +243,7 @@ pub async fn stream_waits_for_a_client<T: TestRt>() {
 }
 
 /// Queue deadline: a flight that waits too long for a preparation slot times out
-/// (rule 17).
+/// (contract rule 17).
 pub async fn deadline_queue<T: TestRt>() {
     let probe = Arc::new(Probe::default());
     let m = manager::<T>(
@@ -268,7 +268,7 @@ pub async fn deadline_queue<T: TestRt>() {
 }
 
 /// Preparation deadline: a preparation that runs too long is aborted and its
-/// members time out (rule 17).
+/// members time out (contract rule 17).
 pub async fn deadline_preparation<T: TestRt>() {
     let probe = Arc::new(Probe::default());
     let m = manager::<T>(
@@ -297,7 +297,7 @@ pub async fn deadline_preparation<T: TestRt>() {
 }
 
 /// Stream-slot deadline: a prepared flight that waits too long for a stream slot
-/// times out (rule 17).
+/// times out (contract rule 17).
 pub async fn deadline_stream_slot<T: TestRt>() {
     let probe = Arc::new(Probe::default());
     let m = manager::<T>(
@@ -321,7 +321,7 @@ pub async fn deadline_stream_slot<T: TestRt>() {
 }
 
 /// Stream deadline: an upstream that streams too long in total is cut off after
-/// the chunks it produced, and dropped (rule 17).
+/// the chunks it produced, and dropped (contract rule 17).
 pub async fn deadline_stream<T: TestRt>() {
     let probe = Arc::new(Probe::default());
     let m = manager::<T>(
@@ -347,7 +347,7 @@ pub async fn deadline_stream<T: TestRt>() {
 }
 
 /// Idle deadline: an upstream that goes silent is ended by the core and dropped;
-/// the chunks it produced are delivered first (rule 17).
+/// the chunks it produced are delivered first (contract rule 17).
 pub async fn deadline_idle<T: TestRt>() {
     let probe = Arc::new(Probe::default());
     let m = manager::<T>(
@@ -374,7 +374,7 @@ pub async fn deadline_idle<T: TestRt>() {
 }
 
 /// Attach deadline: a request nobody attaches to in time times out; a client
-/// that attaches later reads that (rules 13, 17). No upstream is opened for it.
+/// that attaches later reads that (contract rules 13, 17). No upstream is opened for it.
 pub async fn deadline_attach<T: TestRt>() {
     let probe = Arc::new(Probe::default());
     let m = manager::<T>(
@@ -398,9 +398,9 @@ pub async fn deadline_attach<T: TestRt>() {
 }
 
 /// The last two deadlines, with real timers: a finished record nobody reads is
-/// dropped after `finished_retention` (rules 13, 17, 21), and a cached result
+/// dropped after `finished_retention` (contract rules 13, 17, 21), and a cached result
 /// expires after `cache_ttl`, so the same question opens the upstream again
-/// (rules 2, 17).
+/// (contract rules 2, 17).
 pub async fn deadline_retention_and_cache_ttl<T: TestRt>() {
     let probe = Arc::new(Probe::default());
     let m = manager::<T>(
@@ -446,7 +446,7 @@ pub async fn deadline_retention_and_cache_ttl<T: TestRt>() {
 }
 
 /// A panicking preparation fails its flight with `Panicked`; its slot is
-/// released and its task finished (rule 23).
+/// released and its task finished (contract rule 23).
 pub async fn panic_in_preparer<T: TestRt>() {
     let probe = Arc::new(Probe::default());
     let m = manager::<T>(
@@ -480,7 +480,7 @@ pub async fn panic_in_preparer<T: TestRt>() {
 }
 
 /// A panicking upstream (on open, or mid-stream after some chunks) fails its
-/// flight with `Panicked` after the chunks delivered (rules 20, 23).
+/// flight with `Panicked` after the chunks delivered (contract rules 20, 23).
 pub async fn panic_in_upstream<T: TestRt>() {
     let probe = Arc::new(Probe::default());
     let m = manager::<T>(
@@ -525,7 +525,7 @@ pub async fn panic_in_upstream<T: TestRt>() {
 }
 
 /// Errors from the user's code fail the flight with their text, after the chunks
-/// delivered; nothing is cached (rule 20).
+/// delivered; nothing is cached (contract rule 20).
 pub async fn user_errors<T: TestRt>() {
     let probe = Arc::new(Probe::default());
     let m = manager::<T>(config(), &probe);
@@ -558,7 +558,7 @@ pub async fn user_errors<T: TestRt>() {
 }
 
 /// A response past `max_response_bytes` fails the flight and drops its upstream
-/// (rule 22).
+/// (contract rule 22).
 pub async fn response_too_large<T: TestRt>() {
     let probe = Arc::new(Probe::default());
     let m = manager::<T>(
@@ -584,7 +584,7 @@ pub async fn response_too_large<T: TestRt>() {
     finish::<T>(&m).await;
 }
 
-/// Bad input gets errors, never panics (rules 1, 9, 22).
+/// Bad input gets errors, never panics (contract rules 1, 9, 22).
 pub async fn errors_are_values<T: TestRt>() {
     let probe = Arc::new(Probe::default());
     let bad = Config {
@@ -632,7 +632,7 @@ pub async fn errors_are_values<T: TestRt>() {
     );
 
     // One flight preparing, one queued: the queue (capacity 1) is full, but a
-    // request for a live key still joins (rule 2).
+    // request for a live key still joins (contract rule 2).
     let busy = m
         .submit("busy", Plan::default().prep(Prep::Hang, ms(0)))
         .unwrap()

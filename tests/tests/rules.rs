@@ -1,24 +1,59 @@
-//! One or more tests per rule of the behaviour contract in SPEC.md (rules 1-24),
+//! One or more tests per rule of the behaviour contract in SPEC.md (contract rules 1-24),
 //! plus determinism and trace round-trips. Every test drives the pure core through
-//! `common::Sim`, which checks the machine's invariants after every step and that
+//! `flightdeck_tests::driver::Driver`, which checks the machine's invariants after every step and that
 //! no action names a flight after its `FlightEnded`.
 #![allow(missing_docs)]
 
-mod common;
+use std::time::Duration;
 
-use common::{chunk, config, d, ms, Sim};
 use flightdeck_core::{
     Action, Bytes, Config, ConfigError, Failure, FlightId, Input, Item, Machine, Outcome, Phase,
     Prepared, Readiness, Reply, RequestError, RequestId, RequestState, Route, StaleFlight,
     SubmitError, Time, Work,
 };
+use flightdeck_tests::driver::Driver;
 
-fn state(s: &Sim, r: RequestId) -> RequestState {
-    s.m.status(r).expect("record exists").state
+/// Milliseconds as a `Time`.
+fn ms(n: u64) -> Time {
+    Time::from_millis(n)
 }
 
-fn queue_position(s: &Sim, r: RequestId) -> Option<usize> {
-    s.m.status(r).expect("record exists").queue_position
+/// Milliseconds as a `Duration`.
+fn d(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// A config whose deadlines are all distinct and short, so each test can name
+/// exactly which one fires when.
+fn config() -> Config {
+    Config {
+        queue_capacity: 8,
+        max_concurrent_requests: 2,
+        max_concurrent_streams: 1,
+        max_response_bytes: 1024,
+        cache_capacity: 4,
+        cache_ttl: d(10_000),
+        queue_timeout: d(1_000),
+        preparation_timeout: d(2_000),
+        stream_slot_timeout: d(3_000),
+        stream_timeout: d(8_000),
+        idle_timeout: d(1_500),
+        attach_timeout: d(5_000),
+        cancelled_retention: d(300),
+        finished_retention: d(700),
+    }
+}
+
+fn chunk(s: &'static str) -> Item {
+    Item::Chunk(Bytes::from_static(s.as_bytes()))
+}
+
+fn state(s: &Driver, r: RequestId) -> RequestState {
+    s.machine.status(r).expect("record exists").state
+}
+
+fn queue_position(s: &Driver, r: RequestId) -> Option<usize> {
+    s.machine.status(r).expect("record exists").queue_position
 }
 
 fn start_prep_key(f: FlightId, key: &'static str) -> Action {
@@ -41,7 +76,7 @@ fn abort(f: FlightId, work: Work) -> Action {
 }
 
 /// Reads until the terminal item and returns everything read.
-fn read_all(s: &mut Sim, r: RequestId) -> Vec<Item> {
+fn read_all(s: &mut Driver, r: RequestId) -> Vec<Item> {
     let items = s.read(r);
     let (again, more) = s.try_read(r);
     assert_eq!(again, Ok(Readiness::Closed), "nothing follows the end");
@@ -49,11 +84,11 @@ fn read_all(s: &mut Sim, r: RequestId) -> Vec<Item> {
     items
 }
 
-// ----- rule 1: submit answers at once; a rejected submit changes nothing ---------
+// ----- contract rule 1: submit answers at once; a rejected submit changes nothing ---------
 
 #[test]
 fn rule01_submit_returns_sequential_ids_at_once() {
-    let mut s = Sim::default_test();
+    let mut s = Driver::new(config());
     let a = s.submit("a");
     let b = s.submit("b");
     assert_eq!(a.request, RequestId::from_raw(0));
@@ -72,7 +107,7 @@ fn rule01_submit_returns_sequential_ids_at_once() {
 
 #[test]
 fn rule01_rejected_submit_queue_full_changes_nothing() {
-    let mut s = Sim::new(Config {
+    let mut s = Driver::new(Config {
         queue_capacity: 1,
         max_concurrent_requests: 1,
         ..config()
@@ -80,47 +115,47 @@ fn rule01_rejected_submit_queue_full_changes_nothing() {
     s.submit("a"); // preparing
     s.submit("b"); // queued: the queue is full
     s.take();
-    let before = s.m.clone();
+    let before = s.machine.clone();
     s.at(50);
     assert_eq!(
         s.try_submit("c"),
         Err(SubmitError::QueueFull { capacity: 1 })
     );
     assert_eq!(
-        s.m, before,
+        s.machine, before,
         "a rejected submit changes nothing, not even the clock"
     );
     assert!(s.take().is_empty());
-    assert_eq!(s.m.stats().totals.submitted, 2);
+    assert_eq!(s.machine.stats().totals.submitted, 2);
 }
 
 #[test]
 fn rule01_rejected_submit_empty_key_changes_nothing() {
-    let mut s = Sim::default_test();
+    let mut s = Driver::new(config());
     s.submit("a");
     s.take();
-    let before = s.m.clone();
+    let before = s.machine.clone();
     s.at(10);
     assert_eq!(s.try_submit(""), Err(SubmitError::EmptyKey));
-    assert_eq!(s.m, before);
+    assert_eq!(s.machine, before);
     assert!(s.take().is_empty());
 }
 
 #[test]
 fn rule01_rejected_submit_while_shutting_down_changes_nothing() {
-    let mut s = Sim::default_test();
-    s.m.shutdown(Time::ZERO);
-    let before = s.m.clone();
+    let mut s = Driver::new(config());
+    s.machine.shutdown(Time::ZERO);
+    let before = s.machine.clone();
     s.at(10);
     assert_eq!(s.try_submit("a"), Err(SubmitError::ShuttingDown));
-    assert_eq!(s.m, before);
+    assert_eq!(s.machine, before);
 }
 
-// ----- rule 2: join a live flight, or the cache, or a new flight ------------------
+// ----- contract rule 2: join a live flight, or the cache, or a new flight ------------------
 
 #[test]
 fn rule02_same_key_joins_live_flight_in_every_phase() {
-    let mut s = Sim::new(Config {
+    let mut s = Driver::new(Config {
         max_concurrent_requests: 1,
         ..config()
     });
@@ -131,7 +166,7 @@ fn rule02_same_key_joins_live_flight_in_every_phase() {
     // Queued: joins, no extra queue place.
     let b2 = s.submit("b");
     assert_eq!(b2.route, Route::Joined(fb));
-    assert_eq!(s.m.stats().queued, 1);
+    assert_eq!(s.machine.stats().queued, 1);
     assert_eq!(state(&s, b2.request), RequestState::Queued);
 
     // Preparing: joins, no extra preparation.
@@ -149,7 +184,7 @@ fn rule02_same_key_joins_live_flight_in_every_phase() {
     assert_eq!(state(&s, a3.request), RequestState::Streaming);
     assert!(s.take().is_empty());
 
-    let st = s.m.stats();
+    let st = s.machine.stats();
     assert_eq!(st.totals.flights, 2);
     assert_eq!(st.totals.coalesced, 3);
     assert_eq!(st.totals.preparations_started, 2);
@@ -158,7 +193,7 @@ fn rule02_same_key_joins_live_flight_in_every_phase() {
 
 #[test]
 fn rule02_cached_key_is_served_immediately() {
-    let mut s = Sim::default_test();
+    let mut s = Driver::new(config());
     let (_, f) = s.streaming("k");
     s.chunk(f, "hello ");
     s.chunk(f, "world");
@@ -178,13 +213,13 @@ fn rule02_cached_key_is_served_immediately() {
             Item::End(Outcome::Completed)
         ]
     );
-    assert_eq!(s.m.stats().totals.cache_hits, 1);
-    assert_eq!(s.m.stats().totals.flights, 1);
+    assert_eq!(s.machine.stats().totals.cache_hits, 1);
+    assert_eq!(s.machine.stats().totals.flights, 1);
 }
 
 #[test]
 fn rule02_cache_hit_and_join_are_admitted_when_the_queue_is_full() {
-    let mut s = Sim::new(Config {
+    let mut s = Driver::new(Config {
         queue_capacity: 1,
         max_concurrent_requests: 1,
         ..config()
@@ -204,7 +239,7 @@ fn rule02_cache_hit_and_join_are_admitted_when_the_queue_is_full() {
 
 #[test]
 fn rule02_no_live_flight_and_no_cache_creates_a_new_queued_flight() {
-    let mut s = Sim::default_test();
+    let mut s = Driver::new(config());
     let (_, f) = s.streaming("k");
     s.end(f);
     s.tick(10_000); // the cache entry expires
@@ -212,16 +247,16 @@ fn rule02_no_live_flight_and_no_cache_creates_a_new_queued_flight() {
         s.submit("other").route,
         Route::NewFlight(FlightId::from_raw(1))
     );
-    assert_eq!(s.m.stats().cache_entries, 0);
+    assert_eq!(s.machine.stats().cache_entries, 0);
     let again = s.submit("k");
     assert_eq!(again.route, Route::NewFlight(FlightId::from_raw(2)));
 }
 
-// ----- rule 3: the queue holds flights, FIFO, bounded; positions observable ------
+// ----- contract rule 3: the queue holds flights, FIFO, bounded; positions observable ------
 
 #[test]
 fn rule03_queue_is_fifo_and_positions_are_observable() {
-    let mut s = Sim::new(Config {
+    let mut s = Driver::new(Config {
         max_concurrent_requests: 1,
         ..config()
     });
@@ -252,7 +287,7 @@ fn rule03_queue_is_fifo_and_positions_are_observable() {
 
 #[test]
 fn rule03_queue_is_bounded_by_capacity() {
-    let mut s = Sim::new(Config {
+    let mut s = Driver::new(Config {
         queue_capacity: 2,
         max_concurrent_requests: 1,
         ..config()
@@ -260,19 +295,19 @@ fn rule03_queue_is_bounded_by_capacity() {
     s.submit("a");
     s.submit("b");
     s.submit("c");
-    assert_eq!(s.m.stats().queued, 2);
+    assert_eq!(s.machine.stats().queued, 2);
     assert_eq!(
         s.try_submit("d"),
         Err(SubmitError::QueueFull { capacity: 2 })
     );
-    assert_eq!(s.m.stats().queued, 2);
+    assert_eq!(s.machine.stats().queued, 2);
 }
 
-// ----- rule 4: concurrency limits ----------------------------------------------
+// ----- contract rule 4: concurrency limits ----------------------------------------------
 
 #[test]
 fn rule04_preparations_and_streams_are_bounded() {
-    let mut s = Sim::new(Config {
+    let mut s = Driver::new(Config {
         max_concurrent_requests: 2,
         max_concurrent_streams: 1,
         ..config()
@@ -291,12 +326,12 @@ fn rule04_preparations_and_streams_are_bounded() {
             start_prep_key(flights[1], "b")
         ]
     );
-    assert_eq!(s.m.stats().preparing, 2);
-    assert_eq!(s.m.stats().queued, 2);
+    assert_eq!(s.machine.stats().preparing, 2);
+    assert_eq!(s.machine.stats().queued, 2);
 
     s.prepared(flights[0]);
     s.prepared(flights[1]);
-    let st = s.m.stats();
+    let st = s.machine.stats();
     assert_eq!(st.streaming, 1);
     assert_eq!(st.stream_slots_in_use, 1);
     assert_eq!(st.waiting_for_stream, 1);
@@ -310,11 +345,11 @@ fn rule04_preparations_and_streams_are_bounded() {
     );
 }
 
-// ----- rule 5: preparation slots, and preparation never waits for a stream ------
+// ----- contract rule 5: preparation slots, and preparation never waits for a stream ------
 
 #[test]
 fn rule05_preparation_never_waits_for_a_stream_slot() {
-    let mut s = Sim::new(Config {
+    let mut s = Driver::new(Config {
         queue_capacity: 1024,
         max_concurrent_requests: 10,
         max_concurrent_streams: 5,
@@ -334,7 +369,7 @@ fn rule05_preparation_never_waits_for_a_stream_slot() {
         for a in actions {
             match a {
                 Action::StartPreparation { flight, .. } => {
-                    assert!(s.m.stats().preparing <= 10);
+                    assert!(s.machine.stats().preparing <= 10);
                     s.prepared(flight);
                     prepared += 1;
                 }
@@ -343,7 +378,7 @@ fn rule05_preparation_never_waits_for_a_stream_slot() {
             }
         }
     }
-    let st = s.m.stats();
+    let st = s.machine.stats();
     assert_eq!(prepared, 100);
     assert_eq!(streams, 5);
     assert_eq!(st.preparing, 0);
@@ -355,7 +390,7 @@ fn rule05_preparation_never_waits_for_a_stream_slot() {
 
 #[test]
 fn rule05_preparation_slot_released_in_the_same_step_on_success() {
-    let mut s = Sim::new(Config {
+    let mut s = Driver::new(Config {
         max_concurrent_requests: 1,
         ..config()
     });
@@ -364,12 +399,12 @@ fn rule05_preparation_slot_released_in_the_same_step_on_success() {
     s.take();
     s.prepared(fa); // a is not attached: it waits, b prepares now
     assert_eq!(s.take(), vec![start_prep_key(fb, "b")]);
-    assert_eq!(s.m.stats().preparation_slots_in_use, 1);
+    assert_eq!(s.machine.stats().preparation_slots_in_use, 1);
 }
 
 #[test]
 fn rule05_preparation_slot_released_in_the_same_step_on_failure() {
-    let mut s = Sim::new(Config {
+    let mut s = Driver::new(Config {
         max_concurrent_requests: 1,
         ..config()
     });
@@ -383,7 +418,7 @@ fn rule05_preparation_slot_released_in_the_same_step_on_failure() {
 
 #[test]
 fn rule05_preparation_slot_released_in_the_same_step_on_abort() {
-    let mut s = Sim::new(Config {
+    let mut s = Driver::new(Config {
         max_concurrent_requests: 1,
         ..config()
     });
@@ -401,11 +436,11 @@ fn rule05_preparation_slot_released_in_the_same_step_on_abort() {
     );
 }
 
-// ----- rule 6: stream waiters FIFO; no stream slot without a client -------------
+// ----- contract rule 6: stream waiters FIFO; no stream slot without a client -------------
 
 #[test]
 fn rule06_prepared_flight_without_reader_takes_no_stream_slot_until_one_attaches() {
-    let mut s = Sim::new(Config {
+    let mut s = Driver::new(Config {
         max_concurrent_streams: 1,
         ..config()
     });
@@ -413,8 +448,8 @@ fn rule06_prepared_flight_without_reader_takes_no_stream_slot_until_one_attaches
     s.take();
     s.prepared(fa);
     assert!(s.take().is_empty(), "no client: no stream");
-    assert_eq!(s.m.stats().stream_slots_in_use, 0);
-    assert_eq!(s.m.stats().waiting_for_stream, 1);
+    assert_eq!(s.machine.stats().stream_slots_in_use, 0);
+    assert_eq!(s.machine.stats().waiting_for_stream, 1);
     assert_eq!(state(&s, a), RequestState::WaitingForStream);
 
     // A second, attached flight gets the free slot ahead of the unattached one.
@@ -432,7 +467,7 @@ fn rule06_prepared_flight_without_reader_takes_no_stream_slot_until_one_attaches
 
 #[test]
 fn rule06_attach_starts_the_stream_in_the_same_step() {
-    let mut s = Sim::default_test();
+    let mut s = Driver::new(config());
     let (a, fa) = s.submit_new("a");
     let a2 = s.submit("a").request;
     s.prepared(fa);
@@ -444,7 +479,7 @@ fn rule06_attach_starts_the_stream_in_the_same_step() {
 
 #[test]
 fn rule06_stream_waiters_are_served_fifo_by_preparation_order() {
-    let mut s = Sim::new(Config {
+    let mut s = Driver::new(Config {
         max_concurrent_requests: 4,
         max_concurrent_streams: 1,
         ..config()
@@ -471,7 +506,7 @@ fn rule06_stream_waiters_are_served_fifo_by_preparation_order() {
 
 #[test]
 fn rule06_flight_whose_only_reader_leaves_gives_up_its_place_in_line() {
-    let mut s = Sim::new(Config {
+    let mut s = Driver::new(Config {
         max_concurrent_streams: 1,
         ..config()
     });
@@ -491,11 +526,11 @@ fn rule06_flight_whose_only_reader_leaves_gives_up_its_place_in_line() {
     assert_eq!(state(&s, b2), RequestState::WaitingForStream);
 }
 
-// ----- rule 7: every chunk reaches every reader once, in order, with replay ------
+// ----- contract rule 7: every chunk reaches every reader once, in order, with replay ------
 
 #[test]
 fn rule07_late_joiner_replays_every_chunk_exactly_once_in_order() {
-    let mut s = Sim::default_test();
+    let mut s = Driver::new(config());
     let (a, f) = s.streaming("k");
     s.chunk(f, "1");
     assert_eq!(s.read(a), vec![chunk("1")]);
@@ -520,7 +555,7 @@ fn rule07_late_joiner_replays_every_chunk_exactly_once_in_order() {
 
 #[test]
 fn rule07_reader_that_attaches_after_the_end_replays_everything() {
-    let mut s = Sim::default_test();
+    let mut s = Driver::new(config());
     let (_, f) = s.streaming("k");
     let late = s.submit("k").request;
     s.chunk(f, "x");
@@ -535,7 +570,7 @@ fn rule07_reader_that_attaches_after_the_end_replays_everything() {
 
 #[test]
 fn rule07_waiting_reader_is_woken_once_per_wait() {
-    let mut s = Sim::default_test();
+    let mut s = Driver::new(config());
     let (a, f) = s.streaming("k");
     assert_eq!(s.try_read(a), (Ok(Readiness::Pending), vec![]));
     assert_eq!(s.try_read(a), (Ok(Readiness::Pending), vec![]));
@@ -552,7 +587,7 @@ fn rule07_waiting_reader_is_woken_once_per_wait() {
 
 #[test]
 fn rule07_a_read_that_returns_chunks_parks_the_reader_too() {
-    let mut s = Sim::default_test();
+    let mut s = Driver::new(config());
     let (a, f) = s.streaming("k");
     s.chunk(f, "1");
     s.take();
@@ -575,11 +610,11 @@ fn rule07_a_read_that_returns_chunks_parks_the_reader_too() {
     assert!(s.take().is_empty(), "no wake after the terminal item");
 }
 
-// ----- rule 8: completion ends all members, caches, hands the slot on ------------
+// ----- contract rule 8: completion ends all members, caches, hands the slot on ------------
 
 #[test]
 fn rule08_completion_ends_every_member_caches_and_hands_the_slot_on() {
-    let mut s = Sim::new(Config {
+    let mut s = Driver::new(Config {
         max_concurrent_streams: 1,
         ..config()
     });
@@ -598,72 +633,72 @@ fn rule08_completion_ends_every_member_caches_and_hands_the_slot_on() {
     );
     assert_eq!(state(&s, a1), RequestState::Done(Outcome::Completed));
     assert_eq!(state(&s, a2), RequestState::Done(Outcome::Completed));
-    assert_eq!(s.m.stats().cache_entries, 1);
+    assert_eq!(s.machine.stats().cache_entries, 1);
     assert_eq!(s.submit("a").route, Route::Cached);
 }
 
 #[test]
 fn rule08_uncacheable_result_is_not_cached() {
-    let mut s = Sim::default_test();
+    let mut s = Driver::new(config());
     let (r, f) = s.submit_new("k");
     s.attach(r);
     s.try_prepared(f, Ok(Prepared::UNCACHEABLE)).unwrap();
     s.chunk(f, "secret");
     s.end(f);
     assert_eq!(state(&s, r), RequestState::Done(Outcome::Completed));
-    assert_eq!(s.m.stats().cache_entries, 0);
+    assert_eq!(s.machine.stats().cache_entries, 0);
     assert!(matches!(s.submit("k").route, Route::NewFlight(_)));
 }
 
-// ----- rule 9: cancel is idempotent; unknown and finished are errors ---------------
+// ----- contract rule 9: cancel is idempotent; unknown and finished are errors ---------------
 
 #[test]
 fn rule09_cancel_is_idempotent() {
-    let mut s = Sim::default_test();
+    let mut s = Driver::new(config());
     let (a, _) = s.submit_new("a");
     s.cancel(a);
     s.take();
-    let before = s.m.clone();
+    let before = s.machine.clone();
     s.at(5);
     assert_eq!(s.try_cancel(a), Ok(()));
-    assert_eq!(s.m, before, "a second cancel changes nothing");
+    assert_eq!(s.machine, before, "a second cancel changes nothing");
     assert!(s.take().is_empty());
-    assert_eq!(s.m.stats().totals.cancelled, 1);
+    assert_eq!(s.machine.stats().totals.cancelled, 1);
 }
 
 #[test]
 fn rule09_cancel_unknown_id_is_not_found() {
-    let mut s = Sim::default_test();
+    let mut s = Driver::new(config());
     s.submit("a");
-    let before = s.m.clone();
+    let before = s.machine.clone();
     assert_eq!(
         s.try_cancel(RequestId::from_raw(99)),
         Err(RequestError::NotFound)
     );
-    assert_eq!(s.m, before);
+    assert_eq!(s.machine, before);
 }
 
 #[test]
 fn rule09_cancel_finished_request_says_so_and_changes_nothing() {
-    let mut s = Sim::default_test();
+    let mut s = Driver::new(config());
     let (a, f) = s.streaming("a");
     s.end(f);
     s.take();
-    let before = s.m.clone();
+    let before = s.machine.clone();
     s.at(10);
     assert_eq!(
         s.try_cancel(a),
         Err(RequestError::AlreadyFinished(Outcome::Completed))
     );
-    assert_eq!(s.m, before);
+    assert_eq!(s.machine, before);
     assert!(s.take().is_empty());
 }
 
-// ----- rule 10: cancelling the last member of a queued flight dequeues it --------
+// ----- contract rule 10: cancelling the last member of a queued flight dequeues it --------
 
 #[test]
 fn rule10_cancelling_last_member_of_queued_flight_removes_it_from_the_queue() {
-    let mut s = Sim::new(Config {
+    let mut s = Driver::new(Config {
         max_concurrent_requests: 1,
         ..config()
     });
@@ -673,21 +708,21 @@ fn rule10_cancelling_last_member_of_queued_flight_removes_it_from_the_queue() {
     s.take();
     s.cancel(b);
     assert_eq!(s.take(), vec![ended(fb)], "no work starts or aborts for it");
-    assert_eq!(s.m.stats().queued, 1);
+    assert_eq!(s.machine.stats().queued, 1);
     assert_eq!(queue_position(&s, c), Some(0));
     s.prepared(fa);
     let next = s.take();
     assert!(!next
         .iter()
         .any(|a| matches!(a, Action::StartPreparation { flight, .. } if *flight == fb)));
-    assert_eq!(s.m.stats().totals.preparations_started, 2);
+    assert_eq!(s.machine.stats().totals.preparations_started, 2);
 }
 
-// ----- rule 11: cancelling one of several members ends only that request --------
+// ----- contract rule 11: cancelling one of several members ends only that request --------
 
 #[test]
 fn rule11_cancelling_one_member_leaves_the_flight_to_the_others() {
-    let mut s = Sim::default_test();
+    let mut s = Driver::new(config());
     let (a1, f) = s.streaming("a");
     let a2 = s.submit("a").request;
     s.attach(a2);
@@ -706,11 +741,11 @@ fn rule11_cancelling_one_member_leaves_the_flight_to_the_others() {
     assert_eq!(read_all(&mut s, a1), vec![Item::End(Outcome::Cancelled)]);
 }
 
-// ----- rule 12: the last member leaving aborts and hands the slot on at once -----
+// ----- contract rule 12: the last member leaving aborts and hands the slot on at once -----
 
 #[test]
 fn rule12_cancelling_last_member_aborts_and_starts_next_stream_in_same_call() {
-    let mut s = Sim::new(Config {
+    let mut s = Driver::new(Config {
         max_concurrent_streams: 1,
         ..config()
     });
@@ -724,24 +759,24 @@ fn rule12_cancelling_last_member_aborts_and_starts_next_stream_in_same_call() {
         s.take(),
         vec![abort(fa, Work::Stream), ended(fa), start_stream(fb)]
     );
-    assert_eq!(s.m.stats().stream_slots_in_use, 1);
+    assert_eq!(s.machine.stats().stream_slots_in_use, 1);
 }
 
 #[test]
 fn rule12_cancelling_every_member_one_by_one_aborts_on_the_last() {
-    let mut s = Sim::default_test();
+    let mut s = Driver::new(config());
     let (a1, f) = s.streaming("a");
     let a2 = s.submit("a").request;
     s.cancel(a2);
     assert!(s.take().is_empty());
     s.cancel(a1);
     assert_eq!(s.take(), vec![abort(f, Work::Stream), ended(f)]);
-    assert_eq!(s.m.stats().stream_slots_in_use, 0);
+    assert_eq!(s.machine.stats().stream_slots_in_use, 0);
 }
 
 #[test]
 fn rule12_cancelling_last_member_of_waiting_flight_ends_it_without_abort() {
-    let mut s = Sim::new(Config {
+    let mut s = Driver::new(Config {
         max_concurrent_streams: 1,
         ..config()
     });
@@ -755,14 +790,14 @@ fn rule12_cancelling_last_member_of_waiting_flight_ends_it_without_abort() {
         vec![ended(fb)],
         "nothing runs, so nothing to abort"
     );
-    assert_eq!(s.m.stats().waiting_for_stream, 0);
+    assert_eq!(s.machine.stats().waiting_for_stream, 0);
 }
 
-// ----- rule 13: cancel then attach yields Cancelled within the retention --------
+// ----- contract rule 13: cancel then attach yields Cancelled within the retention --------
 
 #[test]
 fn rule13_cancel_then_attach_within_retention_yields_cancelled() {
-    let mut s = Sim::default_test(); // cancelled_retention 300 ms
+    let mut s = Driver::new(config()); // cancelled_retention 300 ms
     let (a, _) = s.submit_new("a");
     s.at(100);
     s.cancel(a);
@@ -773,21 +808,21 @@ fn rule13_cancel_then_attach_within_retention_yields_cancelled() {
 
 #[test]
 fn rule13_cancelled_record_is_gone_after_retention() {
-    let mut s = Sim::default_test();
+    let mut s = Driver::new(config());
     let (a, _) = s.submit_new("a");
     s.at(100);
     s.cancel(a);
     s.tick(400);
-    assert_eq!(s.m.status(a), None);
+    assert_eq!(s.machine.status(a), None);
     assert_eq!(s.try_attach(a), Err(RequestError::NotFound));
     assert_eq!(s.try_cancel(a), Err(RequestError::NotFound));
 }
 
-// ----- rule 14: cancel mid-read ---------------------------------------------------
+// ----- contract rule 14: cancel mid-read ---------------------------------------------------
 
 #[test]
 fn rule14_cancel_mid_read_yields_given_chunks_then_cancelled_last() {
-    let mut s = Sim::default_test();
+    let mut s = Driver::new(config());
     let (a, f) = s.streaming("a");
     s.chunk(f, "1");
     s.chunk(f, "2");
@@ -801,7 +836,7 @@ fn rule14_cancel_mid_read_yields_given_chunks_then_cancelled_last() {
 
 #[test]
 fn rule14_cancel_wakes_a_waiting_reader_with_the_cancellation() {
-    let mut s = Sim::default_test();
+    let mut s = Driver::new(config());
     let (a, f) = s.streaming("a");
     s.chunk(f, "1");
     assert_eq!(s.read(a), vec![chunk("1")]);
@@ -819,69 +854,69 @@ fn rule14_cancel_wakes_a_waiting_reader_with_the_cancellation() {
     assert_eq!(read_all(&mut s, a), vec![Item::End(Outcome::Cancelled)]);
 }
 
-// ----- rule 15: a client dropping its stream cancels and removes the record -----
+// ----- contract rule 15: a client dropping its stream cancels and removes the record -----
 
 #[test]
 fn rule15_detach_cancels_the_request_and_removes_the_record_at_once() {
-    let mut s = Sim::default_test();
+    let mut s = Driver::new(config());
     let (a1, f) = s.streaming("a");
     let a2 = s.submit("a").request;
     s.attach(a2);
     s.take();
     s.detach(a1);
-    assert_eq!(s.m.status(a1), None, "record removed at once");
+    assert_eq!(s.machine.status(a1), None, "record removed at once");
     assert!(s.take().is_empty(), "the flight goes on for a2");
-    assert_eq!(s.m.stats().totals.cancelled, 1);
-    assert_eq!(s.m.stats().readers, 1);
+    assert_eq!(s.machine.stats().totals.cancelled, 1);
+    assert_eq!(s.machine.stats().readers, 1);
     s.detach(a2);
     assert_eq!(s.take(), vec![abort(f, Work::Stream), ended(f)]);
     assert_eq!(s.try_attach(a2), Err(RequestError::NotFound));
-    assert_eq!(s.m.stats().requests, 0);
+    assert_eq!(s.machine.stats().requests, 0);
 }
 
 #[test]
 fn rule15_detach_after_the_end_removes_the_record() {
-    let mut s = Sim::default_test();
+    let mut s = Driver::new(config());
     let (a, f) = s.streaming("a");
     s.end(f);
     read_all(&mut s, a);
     s.detach(a);
-    assert_eq!(s.m.status(a), None);
+    assert_eq!(s.machine.status(a), None);
     assert_eq!(
-        s.m.stats().totals.cancelled,
+        s.machine.stats().totals.cancelled,
         0,
         "an ended request stays completed"
     );
-    assert_eq!(s.m.stats().totals.completed, 1);
+    assert_eq!(s.machine.stats().totals.completed, 1);
 }
 
-// ----- rule 16: late completions are ignored ----------------------------------------
+// ----- contract rule 16: late completions are ignored ----------------------------------------
 
 #[test]
 fn rule16_late_prepared_for_aborted_flight_is_stale_and_changes_nothing() {
-    let mut s = Sim::default_test();
+    let mut s = Driver::new(config());
     let (a, f) = s.submit_new("a");
     s.cancel(a);
     s.take();
-    let before = s.m.clone();
+    let before = s.machine.clone();
     s.at(10);
     assert_eq!(s.try_prepared(f, Ok(Prepared::CACHEABLE)), Err(StaleFlight));
     assert_eq!(
         s.try_prepared(f, Err(Failure::Preparation("x".into()))),
         Err(StaleFlight)
     );
-    assert_eq!(s.m, before);
+    assert_eq!(s.machine, before);
     assert!(s.take().is_empty());
 }
 
 #[test]
 fn rule16_late_chunk_and_end_for_aborted_flight_are_stale_and_change_nothing() {
-    let mut s = Sim::default_test();
+    let mut s = Driver::new(config());
     let (a, f) = s.streaming("a");
     s.chunk(f, "1");
     s.cancel(a);
     s.take();
-    let before = s.m.clone();
+    let before = s.machine.clone();
     s.at(10);
     assert_eq!(s.try_chunk(f, "2"), Err(StaleFlight));
     assert_eq!(s.try_end(f, Ok(())), Err(StaleFlight));
@@ -889,10 +924,10 @@ fn rule16_late_chunk_and_end_for_aborted_flight_are_stale_and_change_nothing() {
         s.try_end(f, Err(Failure::Upstream("late".into()))),
         Err(StaleFlight)
     );
-    assert_eq!(s.m, before);
+    assert_eq!(s.machine, before);
     assert!(s.take().is_empty());
     assert_eq!(
-        s.m.stats().cache_entries,
+        s.machine.stats().cache_entries,
         0,
         "nothing resurrected into the cache"
     );
@@ -900,7 +935,7 @@ fn rule16_late_chunk_and_end_for_aborted_flight_are_stale_and_change_nothing() {
 
 #[test]
 fn rule16_late_chunk_of_old_flight_never_reaches_the_new_flight_of_the_same_key() {
-    let mut s = Sim::default_test();
+    let mut s = Driver::new(config());
     let (a, old) = s.streaming("k");
     s.cancel(a);
     let (b, new) = s.streaming("k");
@@ -918,7 +953,7 @@ fn rule16_late_chunk_of_old_flight_never_reaches_the_new_flight_of_the_same_key(
 
 #[test]
 fn rule16_prepared_reported_twice_or_in_wrong_phase_is_stale() {
-    let mut s = Sim::new(Config {
+    let mut s = Driver::new(Config {
         max_concurrent_requests: 1,
         ..config()
     });
@@ -931,30 +966,30 @@ fn rule16_prepared_reported_twice_or_in_wrong_phase_is_stale() {
     );
     assert_eq!(s.try_chunk(fa, "x"), Err(StaleFlight), "not streaming yet");
     s.prepared(fa);
-    let before = s.m.clone();
+    let before = s.machine.clone();
     assert_eq!(
         s.try_prepared(fa, Ok(Prepared::CACHEABLE)),
         Err(StaleFlight)
     );
-    assert_eq!(s.m, before);
+    assert_eq!(s.machine, before);
 }
 
 #[test]
 fn rule16_late_prepared_after_preparation_timeout_is_stale() {
-    let mut s = Sim::default_test();
+    let mut s = Driver::new(config());
     let (_, f) = s.submit_new("a");
     s.tick(2_000);
     s.take();
-    let before = s.m.clone();
+    let before = s.machine.clone();
     assert_eq!(s.try_prepared(f, Ok(Prepared::CACHEABLE)), Err(StaleFlight));
-    assert_eq!(s.m, before);
+    assert_eq!(s.machine, before);
 }
 
-// ----- rule 17: every phase has a deadline ---------------------------------------
+// ----- contract rule 17: every phase has a deadline ---------------------------------------
 
 #[test]
 fn rule17_queue_deadline_ends_queued_flight_and_frees_its_place() {
-    let mut s = Sim::new(Config {
+    let mut s = Driver::new(Config {
         queue_capacity: 1,
         max_concurrent_requests: 1,
         ..config()
@@ -972,7 +1007,7 @@ fn rule17_queue_deadline_ends_queued_flight_and_frees_its_place() {
         state(&s, b),
         RequestState::Done(Outcome::TimedOut(Phase::Queue))
     );
-    assert_eq!(s.m.stats().queued, 0);
+    assert_eq!(s.machine.stats().queued, 0);
     assert!(
         matches!(s.submit("c").route, Route::NewFlight(_)),
         "place freed"
@@ -981,7 +1016,7 @@ fn rule17_queue_deadline_ends_queued_flight_and_frees_its_place() {
 
 #[test]
 fn rule17_preparation_deadline_aborts_and_frees_the_slot() {
-    let mut s = Sim::new(Config {
+    let mut s = Driver::new(Config {
         max_concurrent_requests: 1,
         ..config()
     });
@@ -1008,7 +1043,7 @@ fn rule17_preparation_deadline_aborts_and_frees_the_slot() {
 
 #[test]
 fn rule17_stream_slot_deadline_ends_waiting_flight() {
-    let mut s = Sim::new(Config {
+    let mut s = Driver::new(Config {
         max_concurrent_streams: 1,
         ..config()
     });
@@ -1029,7 +1064,7 @@ fn rule17_stream_slot_deadline_ends_waiting_flight() {
         state(&s, b),
         RequestState::Done(Outcome::TimedOut(Phase::StreamSlot))
     );
-    assert_eq!(s.m.stats().waiting_for_stream, 0);
+    assert_eq!(s.machine.stats().waiting_for_stream, 0);
     assert_eq!(
         read_all(&mut s, b),
         vec![Item::End(Outcome::TimedOut(Phase::StreamSlot))]
@@ -1038,7 +1073,7 @@ fn rule17_stream_slot_deadline_ends_waiting_flight() {
 
 #[test]
 fn rule17_stream_deadline_aborts_and_hands_the_slot_on() {
-    let mut s = Sim::new(Config {
+    let mut s = Driver::new(Config {
         max_concurrent_streams: 1,
         stream_timeout: d(3_000),
         stream_slot_timeout: d(60_000),
@@ -1068,7 +1103,7 @@ fn rule17_stream_deadline_aborts_and_hands_the_slot_on() {
 
 #[test]
 fn rule17_idle_deadline_aborts_and_hands_the_slot_on() {
-    let mut s = Sim::new(Config {
+    let mut s = Driver::new(Config {
         max_concurrent_streams: 1,
         ..config()
     });
@@ -1098,7 +1133,7 @@ fn rule17_idle_deadline_aborts_and_hands_the_slot_on() {
 
 #[test]
 fn rule17_idle_deadline_applies_before_the_first_chunk() {
-    let mut s = Sim::default_test();
+    let mut s = Driver::new(config());
     let (a, fa) = s.streaming("a");
     s.tick(1_499);
     assert_eq!(state(&s, a), RequestState::Streaming);
@@ -1112,7 +1147,7 @@ fn rule17_idle_deadline_applies_before_the_first_chunk() {
 
 #[test]
 fn rule17_attach_deadline_ends_an_unattached_member_only() {
-    let mut s = Sim::new(Config {
+    let mut s = Driver::new(Config {
         attach_timeout: d(500),
         ..config()
     });
@@ -1133,7 +1168,7 @@ fn rule17_attach_deadline_ends_an_unattached_member_only() {
 
 #[test]
 fn rule17_attach_deadline_of_last_member_aborts_and_frees_the_slot() {
-    let mut s = Sim::new(Config {
+    let mut s = Driver::new(Config {
         attach_timeout: d(500),
         max_concurrent_requests: 1,
         ..config()
@@ -1160,19 +1195,19 @@ fn rule17_attach_deadline_of_last_member_aborts_and_frees_the_slot() {
 
 #[test]
 fn rule17_cancelled_retention_drops_the_record() {
-    let mut s = Sim::default_test();
+    let mut s = Driver::new(config());
     let (a, _) = s.submit_new("a");
     s.cancel(a);
     s.tick(299);
     assert_eq!(state(&s, a), RequestState::Cancelled);
     s.tick(300);
-    assert_eq!(s.m.status(a), None);
-    assert_eq!(s.m.stats().requests, 0);
+    assert_eq!(s.machine.status(a), None);
+    assert_eq!(s.machine.stats().requests, 0);
 }
 
 #[test]
 fn rule17_finished_retention_drops_an_unread_record() {
-    let mut s = Sim::default_test();
+    let mut s = Driver::new(config());
     let (a1, f) = s.streaming("a");
     let a2 = s.submit("a").request;
     s.at(100);
@@ -1180,7 +1215,7 @@ fn rule17_finished_retention_drops_an_unread_record() {
     s.tick(799);
     assert_eq!(state(&s, a2), RequestState::Done(Outcome::Completed));
     s.tick(800);
-    assert_eq!(s.m.status(a2), None);
+    assert_eq!(s.machine.status(a2), None);
     assert_eq!(
         state(&s, a1),
         RequestState::Done(Outcome::Completed),
@@ -1190,20 +1225,20 @@ fn rule17_finished_retention_drops_an_unread_record() {
 
 #[test]
 fn rule17_cache_ttl_expires_the_entry() {
-    let mut s = Sim::default_test();
+    let mut s = Driver::new(config());
     let (_, f) = s.streaming("a");
     s.at(100);
     s.end(f);
     s.tick(10_099);
-    assert_eq!(s.m.stats().cache_entries, 1);
+    assert_eq!(s.machine.stats().cache_entries, 1);
     s.tick(10_100);
-    assert_eq!(s.m.stats().cache_entries, 0);
+    assert_eq!(s.machine.stats().cache_entries, 0);
     assert!(matches!(s.submit("a").route, Route::NewFlight(_)));
 }
 
 #[test]
 fn rule17_cache_evicts_oldest_at_capacity() {
-    let mut s = Sim::new(Config {
+    let mut s = Driver::new(Config {
         cache_capacity: 2,
         ..config()
     });
@@ -1211,57 +1246,57 @@ fn rule17_cache_evicts_oldest_at_capacity() {
         let (_, f) = s.streaming(k);
         s.end(f);
     }
-    assert_eq!(s.m.stats().cache_entries, 2);
+    assert_eq!(s.machine.stats().cache_entries, 2);
     assert!(matches!(s.submit("a").route, Route::NewFlight(_)));
     assert_eq!(s.submit("b").route, Route::Cached);
     assert_eq!(s.submit("c").route, Route::Cached);
 }
 
-// ----- rule 18: the driver sleeps exactly until the earliest deadline ------------
+// ----- contract rule 18: the driver sleeps exactly until the earliest deadline ------------
 
 #[test]
 fn rule18_poll_timeout_is_the_earliest_deadline_exactly() {
-    let mut s = Sim::default_test();
-    assert_eq!(s.m.poll_timeout(), None);
+    let mut s = Driver::new(config());
+    assert_eq!(s.machine.poll_timeout(), None);
     s.at(10);
     let (a, f) = s.submit_new("a");
     // preparation 10+2000, attach 10+5000
-    assert_eq!(s.m.poll_timeout(), Some(ms(2_010)));
+    assert_eq!(s.machine.poll_timeout(), Some(ms(2_010)));
     s.at(100);
     s.prepared(f);
     // stream slot 100+3000, attach 5010
-    assert_eq!(s.m.poll_timeout(), Some(ms(3_100)));
+    assert_eq!(s.machine.poll_timeout(), Some(ms(3_100)));
     s.at(200);
     s.attach(a);
     // streaming: idle 200+1500 (stream total 8200)
-    assert_eq!(s.m.poll_timeout(), Some(ms(1_700)));
+    assert_eq!(s.machine.poll_timeout(), Some(ms(1_700)));
     s.at(300);
     s.chunk(f, "x");
-    assert_eq!(s.m.poll_timeout(), Some(ms(1_800)));
+    assert_eq!(s.machine.poll_timeout(), Some(ms(1_800)));
     s.at(400);
     s.end(f);
     // only the cache entry: 400+10000
-    assert_eq!(s.m.poll_timeout(), Some(ms(10_400)));
+    assert_eq!(s.machine.poll_timeout(), Some(ms(10_400)));
     s.at(500);
     let c = s.submit("a").request; // cached; retention 500+700
-    assert_eq!(s.m.poll_timeout(), Some(ms(1_200)));
+    assert_eq!(s.machine.poll_timeout(), Some(ms(1_200)));
     s.attach(c);
-    assert_eq!(s.m.poll_timeout(), Some(ms(10_400)));
+    assert_eq!(s.machine.poll_timeout(), Some(ms(10_400)));
 }
 
 #[test]
 fn rule18_nothing_fires_a_nanosecond_early_and_everything_due_fires_at_once() {
-    let mut s = Sim::default_test();
+    let mut s = Driver::new(config());
     let (a, _) = s.submit_new("a");
     let (b, _) = s.submit_new("b");
     s.take();
-    let at = s.m.poll_timeout().expect("preparation deadlines");
+    let at = s.machine.poll_timeout().expect("preparation deadlines");
     assert_eq!(at, ms(2_000));
     s.now = Time::from_nanos(at.as_nanos() - 1);
-    s.m.handle_timeout(s.now);
-    assert!(s.m.poll_action().is_none());
+    s.machine.handle_timeout(s.now);
+    assert!(s.machine.poll_action().is_none());
     assert_eq!(state(&s, a), RequestState::Preparing);
-    assert_eq!(s.m.poll_timeout(), Some(at));
+    assert_eq!(s.machine.poll_timeout(), Some(at));
     s.tick(2_000);
     let out = s.take();
     assert_eq!(
@@ -1278,32 +1313,36 @@ fn rule18_nothing_fires_a_nanosecond_early_and_everything_due_fires_at_once() {
         RequestState::Done(Outcome::TimedOut(Phase::Preparation))
     );
     // Idempotent: the same time again does nothing.
-    let before = s.m.clone();
+    let before = s.machine.clone();
     s.tick(2_000);
-    assert_eq!(s.m, before);
+    assert_eq!(s.machine, before);
 }
 
 #[test]
 fn rule18_pending_deadlines_are_one_per_owner() {
-    let mut s = Sim::default_test();
+    let mut s = Driver::new(config());
     let (a, f) = s.submit_new("a");
     s.submit("a");
     // one flight deadline + two attach deadlines
-    assert_eq!(s.m.stats().deadlines, 3);
+    assert_eq!(s.machine.stats().deadlines, 3);
     s.attach(a);
-    assert_eq!(s.m.stats().deadlines, 2);
+    assert_eq!(s.machine.stats().deadlines, 2);
     s.prepared(f);
     for _ in 0..10 {
         s.chunk(f, ".");
     }
-    assert_eq!(s.m.stats().deadlines, 2, "re-arming replaces, never adds");
+    assert_eq!(
+        s.machine.stats().deadlines,
+        2,
+        "re-arming replaces, never adds"
+    );
 }
 
-// ----- rule 19: exactly one terminal item, last ----------------------------------
+// ----- contract rule 19: exactly one terminal item, last ----------------------------------
 
 #[test]
 fn rule19_every_attached_request_yields_exactly_one_terminal_item_last() {
-    let mut s = Sim::new(Config {
+    let mut s = Driver::new(Config {
         max_concurrent_requests: 4,
         max_concurrent_streams: 4,
         ..config()
@@ -1336,11 +1375,11 @@ fn rule19_every_attached_request_yields_exactly_one_terminal_item_last() {
     }
 }
 
-// ----- rule 20: failures end every member after the delivered chunks -----------
+// ----- contract rule 20: failures end every member after the delivered chunks -----------
 
 #[test]
 fn rule20_failed_upstream_ends_every_member_after_its_chunks_and_caches_nothing() {
-    let mut s = Sim::default_test();
+    let mut s = Driver::new(config());
     let (a1, f) = s.streaming("a");
     let a2 = s.submit("a").request;
     s.chunk(f, "1");
@@ -1363,14 +1402,14 @@ fn rule20_failed_upstream_ends_every_member_after_its_chunks_and_caches_nothing(
         read_all(&mut s, a2),
         vec![chunk("1"), chunk("2"), Item::End(Outcome::Failed(failure))]
     );
-    assert_eq!(s.m.stats().cache_entries, 0);
+    assert_eq!(s.machine.stats().cache_entries, 0);
     assert!(matches!(s.submit("a").route, Route::NewFlight(_)));
-    assert_eq!(s.m.stats().totals.failed, 2);
+    assert_eq!(s.machine.stats().totals.failed, 2);
 }
 
 #[test]
 fn rule20_failed_preparation_ends_every_member_and_caches_nothing() {
-    let mut s = Sim::default_test();
+    let mut s = Driver::new(config());
     let (a1, f) = s.submit_new("a");
     let a2 = s.submit("a").request;
     s.attach(a1);
@@ -1386,15 +1425,15 @@ fn rule20_failed_preparation_ends_every_member_and_caches_nothing() {
         read_all(&mut s, a1),
         vec![Item::End(Outcome::Failed(failure))]
     );
-    assert_eq!(s.m.stats().cache_entries, 0);
-    assert_eq!(s.m.stats().preparation_slots_in_use, 0);
+    assert_eq!(s.machine.stats().cache_entries, 0);
+    assert_eq!(s.machine.stats().preparation_slots_in_use, 0);
 }
 
-// ----- rule 21: nothing is left once everything ended ----------------------------
+// ----- contract rule 21: nothing is left once everything ended ----------------------------
 
 #[test]
 fn rule21_machine_is_empty_after_everything_ends_and_retentions_pass() {
-    let mut s = Sim::new(Config {
+    let mut s = Driver::new(Config {
         max_concurrent_streams: 1,
         ..config()
     });
@@ -1415,13 +1454,13 @@ fn rule21_machine_is_empty_after_everything_ends_and_retentions_pass() {
     read_all(&mut s, a);
     s.detach(a);
     s.detach(b);
-    assert!(!s.m.is_empty());
-    s.run_out_the_clock();
-    assert!(s.m.is_empty(), "{:?}", s.m.stats());
+    assert!(!s.machine.is_empty());
+    s.drive();
+    assert!(s.machine.is_empty(), "{:?}", s.machine.stats());
     for r in [a, a2, b, c, e, hit] {
-        assert_eq!(s.m.status(r), None);
+        assert_eq!(s.machine.status(r), None);
     }
-    let st = s.m.stats();
+    let st = s.machine.stats();
     assert_eq!(
         (
             st.requests,
@@ -1432,17 +1471,17 @@ fn rule21_machine_is_empty_after_everything_ends_and_retentions_pass() {
         ),
         (0, 0, 0, 0, 0)
     );
-    assert_eq!(s.m.poll_timeout(), None);
+    assert_eq!(s.machine.poll_timeout(), None);
 }
 
 #[test]
 fn rule21_machine_is_empty_after_shutdown_and_retentions() {
-    let mut s = Sim::default_test();
+    let mut s = Driver::new(config());
     let (a, _) = s.streaming("a");
     s.submit("b");
     s.submit("c");
-    s.m.shutdown(s.now);
-    let out: Vec<Action> = std::iter::from_fn(|| s.m.poll_action()).collect();
+    s.machine.shutdown(s.now);
+    let out: Vec<Action> = std::iter::from_fn(|| s.machine.poll_action()).collect();
     assert_eq!(
         out.iter()
             .filter(|x| matches!(x, Action::FlightEnded { .. }))
@@ -1454,11 +1493,11 @@ fn rule21_machine_is_empty_after_shutdown_and_retentions() {
         RequestState::Done(Outcome::Failed(Failure::Shutdown))
     );
     s.detach(a);
-    s.run_out_the_clock();
-    assert!(s.m.is_empty());
+    s.drive();
+    assert!(s.machine.is_empty());
 }
 
-// ----- rule 22: errors are values --------------------------------------------------
+// ----- contract rule 22: errors are values --------------------------------------------------
 
 type SetField = fn(&mut Config);
 
@@ -1503,10 +1542,10 @@ fn rule22_zero_limits_and_timeouts_in_config_are_errors() {
 
 #[test]
 fn rule22_unknown_ids_are_errors_and_change_nothing() {
-    let mut s = Sim::default_test();
+    let mut s = Driver::new(config());
     s.submit("a");
     s.take();
-    let before = s.m.clone();
+    let before = s.machine.clone();
     s.at(10);
     let r = RequestId::from_raw(42);
     let f = FlightId::from_raw(42);
@@ -1517,36 +1556,36 @@ fn rule22_unknown_ids_are_errors_and_change_nothing() {
     assert_eq!(s.try_prepared(f, Ok(Prepared::CACHEABLE)), Err(StaleFlight));
     assert_eq!(s.try_chunk(f, "x"), Err(StaleFlight));
     assert_eq!(s.try_end(f, Ok(())), Err(StaleFlight));
-    assert_eq!(s.m.status(r), None);
-    assert_eq!(s.m, before);
+    assert_eq!(s.machine.status(r), None);
+    assert_eq!(s.machine, before);
     assert!(s.take().is_empty());
 }
 
 #[test]
 fn rule22_second_attach_is_an_error_and_changes_nothing() {
-    let mut s = Sim::default_test();
+    let mut s = Driver::new(config());
     let (a, f) = s.streaming("a");
     s.chunk(f, "1");
     assert_eq!(s.read(a), vec![chunk("1")]);
-    let before = s.m.clone();
+    let before = s.machine.clone();
     s.at(10);
     assert_eq!(s.try_attach(a), Err(RequestError::AlreadyAttached));
-    assert_eq!(s.m, before, "the first client's cursor is untouched");
+    assert_eq!(s.machine, before, "the first client's cursor is untouched");
 }
 
 #[test]
 fn rule22_read_or_detach_without_a_client_is_an_error() {
-    let mut s = Sim::default_test();
+    let mut s = Driver::new(config());
     let (a, _) = s.submit_new("a");
-    let before = s.m.clone();
+    let before = s.machine.clone();
     assert_eq!(s.try_read(a), (Err(RequestError::NotAttached), vec![]));
     assert_eq!(s.try_detach(a), Err(RequestError::NotAttached));
-    assert_eq!(s.m, before);
+    assert_eq!(s.machine, before);
 }
 
 #[test]
 fn rule22_response_over_max_bytes_fails_the_flight_clearly() {
-    let mut s = Sim::new(Config {
+    let mut s = Driver::new(Config {
         max_response_bytes: 10,
         max_concurrent_streams: 1,
         ..config()
@@ -1572,13 +1611,13 @@ fn rule22_response_over_max_bytes_fails_the_flight_clearly() {
             Item::End(Outcome::Failed(failure))
         ]
     );
-    assert_eq!(s.m.stats().cache_entries, 0);
+    assert_eq!(s.machine.stats().cache_entries, 0);
     assert_eq!(s.try_chunk(f, "late"), Err(StaleFlight));
 }
 
 #[test]
 fn rule22_panicking_preparation_is_reported_as_a_failure() {
-    let mut s = Sim::new(Config {
+    let mut s = Driver::new(Config {
         max_concurrent_requests: 1,
         ..config()
     });
@@ -1600,7 +1639,7 @@ fn rule22_panicking_preparation_is_reported_as_a_failure() {
 
 #[test]
 fn rule22_upstream_error_or_panic_is_reported_as_a_failure() {
-    let mut s = Sim::new(Config {
+    let mut s = Driver::new(Config {
         max_concurrent_streams: 2,
         ..config()
     });
@@ -1621,28 +1660,28 @@ fn rule22_upstream_error_or_panic_is_reported_as_a_failure() {
         read_all(&mut s, b),
         vec![Item::End(Outcome::Failed(errored))]
     );
-    assert_eq!(s.m.stats().stream_slots_in_use, 0);
+    assert_eq!(s.machine.stats().stream_slots_in_use, 0);
 }
 
 #[test]
 fn rule22_time_running_backwards_is_clamped_not_a_panic() {
-    let mut s = Sim::default_test();
+    let mut s = Driver::new(config());
     s.at(5_000);
     let (a, _) = s.submit_new("a");
     s.at(1); // an earlier stamp is treated as now
     let b = s.submit("a").request;
-    assert_eq!(s.m.now(), ms(5_000));
+    assert_eq!(s.machine.now(), ms(5_000));
     s.tick(0);
     assert_eq!(state(&s, a), RequestState::Preparing);
     assert_eq!(state(&s, b), RequestState::Preparing);
-    assert_eq!(s.m.poll_timeout(), Some(ms(7_000)));
+    assert_eq!(s.machine.poll_timeout(), Some(ms(7_000)));
 }
 
-// ----- rule 23: a panicking user future fails its flight and leaks nothing ------
+// ----- contract rule 23: a panicking user future fails its flight and leaks nothing ------
 
 #[test]
 fn rule23_panicked_work_releases_its_slot_and_leaves_nothing_behind() {
-    let mut s = Sim::new(Config {
+    let mut s = Driver::new(Config {
         max_concurrent_streams: 1,
         ..config()
     });
@@ -1665,15 +1704,15 @@ fn rule23_panicked_work_releases_its_slot_and_leaves_nothing_behind() {
     s.end(fb);
     s.detach(a);
     s.detach(b);
-    s.run_out_the_clock();
-    assert!(s.m.is_empty());
+    s.drive();
+    assert!(s.machine.is_empty());
 }
 
-// ----- rule 24: stats --------------------------------------------------------------
+// ----- contract rule 24: stats --------------------------------------------------------------
 
 #[test]
 fn rule24_stats_gauges_are_exact() {
-    let mut s = Sim::new(Config {
+    let mut s = Driver::new(Config {
         max_concurrent_requests: 2,
         max_concurrent_streams: 1,
         ..config()
@@ -1687,7 +1726,7 @@ fn rule24_stats_gauges_are_exact() {
     s.submit("p2"); // preparing
     s.submit("q"); // queued
     s.submit("q"); // joins, still one queued flight
-    let st = s.m.stats();
+    let st = s.machine.stats();
     assert_eq!(st.queued, 1);
     assert_eq!(st.preparing, 2);
     assert_eq!(st.preparation_slots_in_use, 2);
@@ -1699,7 +1738,7 @@ fn rule24_stats_gauges_are_exact() {
     assert_eq!(st.live_requests, 6);
     assert_eq!(st.cache_entries, 0);
     s.end(fs);
-    let st = s.m.stats();
+    let st = s.machine.stats();
     assert_eq!(st.cache_entries, 1);
     assert_eq!(st.streaming, 1, "w took the slot");
     assert_eq!(st.waiting_for_stream, 0);
@@ -1709,7 +1748,7 @@ fn rule24_stats_gauges_are_exact() {
 
 #[test]
 fn rule24_stats_totals_are_exact() {
-    let mut s = Sim::new(Config {
+    let mut s = Driver::new(Config {
         max_concurrent_requests: 4,
         max_concurrent_streams: 4,
         ..config()
@@ -1725,7 +1764,7 @@ fn rule24_stats_totals_are_exact() {
         .unwrap(); // failed
     let (_, _) = s.streaming("e");
     s.tick(1_500); // e idles out: timed out
-    let t = s.m.stats().totals;
+    let t = s.machine.stats().totals;
     assert_eq!(t.submitted, 6);
     assert_eq!(t.coalesced, 1);
     assert_eq!(t.cache_hits, 1);
@@ -1843,7 +1882,7 @@ fn determinism_same_inputs_give_same_actions_and_equal_state() {
 #[test]
 fn determinism_typed_methods_and_handle_agree() {
     let (via_handle, _, actions_handle) = run(&script()[..5]);
-    let mut s = Sim::new(config());
+    let mut s = Driver::new(config());
     s.submit("a");
     s.at(1);
     s.submit("a");
@@ -1854,7 +1893,7 @@ fn determinism_typed_methods_and_handle_agree() {
     s.at(4);
     s.attach(RequestId::from_raw(2));
     assert_eq!(s.take(), actions_handle);
-    assert_eq!(s.m, via_handle);
+    assert_eq!(s.machine, via_handle);
 }
 
 #[test]
@@ -1888,14 +1927,14 @@ fn trace_postcard_round_trip_of_inputs_actions_config_and_replies() {
 fn rule17_a_late_timer_names_the_phase_whose_deadline_expired_first() {
     // Idle deadline 1000+1500 = 2500 comes before the stream deadline 3000. A
     // driver that wakes late (at 3500) must still see the idle expiry named.
-    let mut s = Sim::new(Config {
+    let mut s = Driver::new(Config {
         stream_timeout: d(3_000),
         ..config()
     });
     let (a, f) = s.streaming("a");
     s.at(1_000);
     s.chunk(f, "1");
-    assert_eq!(s.m.poll_timeout(), Some(ms(2_500)));
+    assert_eq!(s.machine.poll_timeout(), Some(ms(2_500)));
     s.tick(3_500);
     assert_eq!(
         state(&s, a),

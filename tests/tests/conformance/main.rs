@@ -1,13 +1,10 @@
 //! The conformance suite (issue 4): one set of end-to-end scenarios, written once
-//! in `conformance/scenarios.rs`, run with real tasks and timers on smol, tokio's
+//! in `scenarios.rs`, run with real tasks and timers on smol, tokio's
 //! current-thread scheduler and tokio's multi-thread scheduler.
 
-#[path = "conformance/kit.rs"]
-mod kit;
-#[path = "conformance/rt.rs"]
-mod rt;
-#[path = "conformance/scenarios.rs"]
 mod scenarios;
+
+use flightdeck_tests::{conformance_kit as kit, runtimes as rt};
 
 macro_rules! conformance {
     ($($scenario:ident),* $(,)?) => {

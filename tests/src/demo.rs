@@ -1,4 +1,6 @@
-//! A simulated LLM behind flightdeck on smol.
+//! The demo: a simulated LLM behind flightdeck, written once against the
+//! runtime-independent [`Manager`] and run on each runtime by a three-line
+//! `main` (`runtime-tokio/examples/demo.rs`, `runtime-smol/examples/demo-smol.rs`).
 //!
 //! A burst of ten questions arrives at once, several of them identical; the
 //! "model" streams a token every 20-40 ms. Identical questions share one upstream
@@ -6,14 +8,22 @@
 //! answer from its first token; a repeat question after the burst is served
 //! from the cache. Prints live progress, then a summary.
 //!
-//! `cargo run --release -p flightdeck-smol --example demo`
+//! ```text
+//! cargo run --release -p flightdeck-tokio --example demo
+//! cargo run --release -p flightdeck-smol --example demo-smol
+//! ```
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flightdeck_smol::{Bytes, Config, Item, Manager, Outcome, Preparation};
+use std::sync::atomic::AtomicBool;
+
+use flightdeck_core::driver::{Manager, Preparation};
+use flightdeck_core::{Bytes, Config, Item, Outcome};
+
+use crate::runtimes::TestRt;
 
 /// The simulated model's answer to a prompt, one token per word.
 fn answer(prompt: &str) -> &'static str {
@@ -63,18 +73,24 @@ struct Report {
     total: Duration,
 }
 
-fn main() {
-    smol::block_on(burst());
+/// Runs the demo on runtime `T` (a fresh runtime, blocking until the demo ends).
+pub fn run<T: TestRt>() {
+    T::block_on(burst::<T>());
 }
 
-async fn burst() {
+/// The demo's scenario: the burst, the cached repeat, the summary, the shutdown.
+///
+/// # Panics
+/// Never in practice: the configuration is valid and the demo's requests are
+/// accepted (a panic would be a bug in flightdeck).
+pub async fn burst<T: TestRt>() {
     let start = Instant::now();
     let ms = move || start.elapsed().as_millis();
     let upstream_calls = Arc::new(AtomicUsize::new(0));
 
     // Preparation: "tokenise" the prompt (simulated: 30 ms).
     let prepare = |prompt: String| async move {
-        smol::Timer::after(Duration::from_millis(30)).await;
+        T::sleep(Duration::from_millis(30)).await;
         Ok::<_, Infallible>(Preparation::cacheable(prompt))
     };
     // The upstream: the model streams its answer a token at a time.
@@ -91,7 +107,7 @@ async fn burst() {
                 let token = tokens.get(i).cloned();
                 async move {
                     let token = token?;
-                    smol::Timer::after(pace(i)).await;
+                    T::sleep(pace(i)).await;
                     Some((Ok::<_, Infallible>(Bytes::from(token)), i + 1))
                 }
             });
@@ -103,7 +119,8 @@ async fn burst() {
         max_concurrent_streams: 3,
         ..Config::default()
     };
-    let manager: Manager<String> = Manager::new(config, prepare, upstream).expect("valid config");
+    let manager: Manager<String, T::R> =
+        Manager::new(config, prepare, upstream).expect("valid config");
 
     let clients = vec![
         Client {
@@ -172,31 +189,39 @@ async fn burst() {
     let mut tasks = Vec::new();
     for c in clients {
         let m = manager.clone();
-        tasks.push(smol::spawn(async move {
-            smol::Timer::after(Duration::from_millis(c.delay_ms)).await;
-            run_client(m, c, start).await
+        tasks.push(T::spawn(async move {
+            T::sleep(Duration::from_millis(c.delay_ms)).await;
+            run_client::<T>(m, c, start).await
         }));
     }
-    // Live gauges while the burst runs.
-    let gauges =
-        {
-            let m = manager.clone();
-            smol::spawn(async move {
-                loop {
-                    smol::Timer::after(Duration::from_millis(200)).await;
-                    let s = m.stats();
-                    println!(
+    // Live gauges while the burst runs; the task stops at its next tick once
+    // the burst is over (dropping a task's handle detaches it on tokio).
+    let burst_over = Arc::new(AtomicBool::new(false));
+    let gauges = {
+        let m = manager.clone();
+        let over = Arc::clone(&burst_over);
+        T::spawn(async move {
+            while !over.load(SeqCst) {
+                T::sleep(Duration::from_millis(200)).await;
+                let s = m.stats();
+                println!(
                     "[{:>5} ms] stats: queued {} preparing {} waiting {} streaming {} readers {}",
-                    ms(), s.queued, s.preparing, s.waiting_for_stream, s.streaming, s.readers
+                    ms(),
+                    s.queued,
+                    s.preparing,
+                    s.waiting_for_stream,
+                    s.streaming,
+                    s.readers
                 );
-                }
-            })
-        };
+            }
+        })
+    };
     let mut reports = Vec::new();
     for t in tasks {
         reports.push(t.await);
     }
-    drop(gauges); // cancels the task
+    burst_over.store(true, SeqCst);
+    gauges.await;
 
     // After the burst: the same question again is served from the cache.
     let again = Client {
@@ -205,7 +230,7 @@ async fn burst() {
         delay_ms: 0,
         cancel_after: None,
     };
-    reports.push(run_client(manager.clone(), again, start).await);
+    reports.push(run_client::<T>(manager.clone(), again, start).await);
 
     println!("\nsummary");
     println!(
@@ -247,7 +272,7 @@ async fn burst() {
     );
 }
 
-async fn run_client(m: Manager<String>, c: Client, start: Instant) -> Report {
+async fn run_client<T: TestRt>(m: Manager<String, T::R>, c: Client, start: Instant) -> Report {
     let ms = || start.elapsed().as_millis();
     let submitted = Instant::now();
     let mut stream = m

@@ -1,5 +1,10 @@
-//! What the scenarios share: a scriptable preparer and upstream that count what
-//! they do and notice being dropped, and a reader that checks rule 19.
+//! What the conformance scenarios and the stress test share: a scriptable
+//! preparer and upstream that count what they do and notice being dropped, and a
+//! reader that checks [rule 19](flightdeck_core::contract#rule-19).
+//!
+//! It lives in the harness library (rather than being included by path into each
+//! test binary) so that `tests/tests/conformance` and `tests/tests/stress.rs` use
+//! one copy, compiled once.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -12,31 +17,42 @@ use flightdeck_tokio::driver::{Manager, Preparation, ResultStream};
 use flightdeck_tokio::{Bytes, Config, Item, Outcome};
 use futures_lite::future;
 
-use crate::rt::{TestRt, DELIBERATE};
+use crate::runtimes::{TestRt, DELIBERATE};
 
 /// How a scripted preparation goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Prep {
+    /// Succeeds.
     Ok,
+    /// Returns an error.
     Fail,
+    /// Panics (deliberately).
     Panic,
+    /// Never finishes.
     Hang,
 }
 
 /// How a scripted upstream open goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Open {
+    /// Opens the stream.
     Ok,
+    /// Returns an error.
     Fail,
+    /// Panics (deliberately).
     Panic,
+    /// Never opens.
     Hang,
 }
 
 /// What a scripted upstream does after its chunks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Then {
+    /// Ends successfully.
     Complete,
+    /// Ends with an error.
     Fail,
+    /// Panics (deliberately).
     Panic,
     /// Goes silent forever.
     Hang,
@@ -47,12 +63,19 @@ pub enum Then {
 /// A script for one flight; it is the submit's payload.
 #[derive(Clone, Debug)]
 pub struct Plan {
+    /// How the preparation goes.
     pub prep: Prep,
+    /// How long the preparation takes.
     pub prep_delay: Duration,
+    /// Whether the prepared result may be cached.
     pub cacheable: bool,
+    /// How opening the upstream goes.
     pub open: Open,
+    /// How many chunks the upstream produces.
     pub chunks: usize,
+    /// The pause before each chunk (zero: yield only).
     pub chunk_delay: Duration,
+    /// What the upstream does after its chunks.
     pub then: Then,
 }
 
@@ -71,6 +94,8 @@ impl Default for Plan {
 }
 
 impl Plan {
+    /// The default plan with `n` chunks.
+    #[must_use]
     pub fn chunks(n: usize) -> Self {
         Plan {
             chunks: n,
@@ -78,27 +103,37 @@ impl Plan {
         }
     }
 
+    /// A chunk every `d`.
+    #[must_use]
     pub fn every(mut self, d: Duration) -> Self {
         self.chunk_delay = d;
         self
     }
 
+    /// What happens after the chunks.
+    #[must_use]
     pub fn then(mut self, then: Then) -> Self {
         self.then = then;
         self
     }
 
+    /// How the preparation goes, after `delay`.
+    #[must_use]
     pub fn prep(mut self, prep: Prep, delay: Duration) -> Self {
         self.prep = prep;
         self.prep_delay = delay;
         self
     }
 
+    /// How opening the upstream goes.
+    #[must_use]
     pub fn open(mut self, open: Open) -> Self {
         self.open = open;
         self
     }
 
+    /// The prepared result may not be cached.
+    #[must_use]
     pub fn uncacheable(mut self) -> Self {
         self.cacheable = false;
         self
@@ -106,11 +141,13 @@ impl Plan {
 }
 
 /// The text of chunk `i`.
+#[must_use]
 pub fn chunk(i: usize) -> String {
     format!("c{i} ")
 }
 
 /// The text of chunks `0..n`.
+#[must_use]
 pub fn text(n: usize) -> String {
     (0..n).map(chunk).collect()
 }
@@ -118,14 +155,20 @@ pub fn text(n: usize) -> String {
 /// Counters the scripted user code updates.
 #[derive(Debug, Default)]
 pub struct Probe {
+    /// Preparations started.
     pub prepares: AtomicUsize,
+    /// Preparations that ran to their end (success or failure).
     pub prepares_done: AtomicUsize,
+    /// Preparation futures dropped (finished or aborted).
     pub prepares_dropped: AtomicUsize,
+    /// Upstream opens started.
     pub opens: AtomicUsize,
+    /// Upstream streams dropped (finished or aborted).
     pub streams_dropped: AtomicUsize,
 }
 
 impl Probe {
+    /// Reads one counter.
     pub fn get(&self, which: fn(&Probe) -> &AtomicUsize) -> usize {
         which(self).load(SeqCst)
     }
@@ -140,11 +183,15 @@ impl Drop for OnDrop {
     }
 }
 
+/// The manager type the scenarios use on runtime `T`.
 pub type M<T> = Manager<Plan, <T as TestRt>::R>;
 
 /// A manager whose preparer and upstream follow each flight's [`Plan`].
+///
+/// # Panics
+/// Never: the caller passes a valid config.
 pub fn manager<T: TestRt>(config: Config, probe: &Arc<Probe>) -> M<T> {
-    crate::rt::quiet_deliberate_panics();
+    crate::runtimes::quiet_deliberate_panics();
     let p = Arc::clone(probe);
     let prepare = move |plan: Plan| {
         let probe = Arc::clone(&p);
@@ -205,6 +252,7 @@ pub fn manager<T: TestRt>(config: Config, probe: &Arc<Probe>) -> M<T> {
 }
 
 /// Deadlines long enough not to interfere; each scenario shortens the one it tests.
+#[must_use]
 pub fn config() -> Config {
     let long = Duration::from_secs(20);
     Config {
@@ -225,6 +273,8 @@ pub fn config() -> Config {
     }
 }
 
+/// `n` milliseconds.
+#[must_use]
 pub fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
@@ -261,7 +311,7 @@ pub async fn read_chunks<T: TestRt>(s: &mut ResultStream, n: usize) -> String {
     out
 }
 
-/// Reads to the end and checks rule 19: chunks, exactly one end, then `None`
+/// Reads to the end and checks [rule 19](flightdeck_core::contract#rule-19): chunks, exactly one end, then `None`
 /// (twice). Returns the chunks' text and the outcome.
 pub async fn read_all<T: TestRt>(s: &mut ResultStream) -> (String, Outcome) {
     let mut out = String::new();
