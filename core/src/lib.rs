@@ -89,6 +89,7 @@
 mod action;
 mod cache;
 mod config;
+pub mod contract;
 mod deadline;
 #[cfg(feature = "driver")]
 pub mod driver;

@@ -1,4 +1,4 @@
-//! The live flight of each key (rule 2: at most one), found by hashing.
+//! The live flight of each key ([rule 2](crate::contract#rule-2): at most one), found by hashing.
 //!
 //! The key itself is stored once, in its flight: this index maps a 64-bit hash
 //! of the key to the flight id and confirms a hit by comparing the flight's key.

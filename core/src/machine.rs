@@ -3,7 +3,7 @@
 //! Every public method takes the time of the input, changes the state, and queues
 //! actions; it never blocks and never reads a clock. Each one ends by running the
 //! scheduler ([`Machine::pump`]), so a freed slot is handed to the next waiter in the
-//! same step that freed it (rules 5, 8, 12): there is no moment at which a slot is
+//! same step that freed it (rules [5](crate::contract#rule-5), [8](crate::contract#rule-8), [12](crate::contract#rule-12)): there is no moment at which a slot is
 //! free while someone waits for it.
 //!
 //! The methods are documented in the order a driver uses them: inputs from clients
@@ -44,11 +44,11 @@ pub struct Machine {
     /// Boxed: a flight is large and most are looked up rarely, so the dense
     /// window stays small (8 bytes per id).
     flights: IdMap<FlightId, Box<Flight>>,
-    /// The live flight of each key (rule 2: at most one).
+    /// The live flight of each key ([rule 2](crate::contract#rule-2): at most one).
     live: LiveKeys,
     /// The admission queue, FIFO: flight ids grow with creation order.
     queue: BTreeSet<FlightId>,
-    /// Prepared flights with a client attached, FIFO by preparation order (rule 6).
+    /// Prepared flights with a client attached, FIFO by preparation order ([rule 6](crate::contract#rule-6)).
     ready: BTreeSet<(u64, FlightId)>,
     preparing: usize,
     streaming: usize,
@@ -125,7 +125,7 @@ impl Machine {
 
     // ----- inputs from clients -------------------------------------------------
 
-    /// A client submits a request for `key` (rules 1-3).
+    /// A client submits a request for `key` (rules [1](crate::contract#rule-1)-[3](crate::contract#rule-3)).
     ///
     /// Joins the key's live flight if there is one, is served from the cache if it
     /// holds the key, and otherwise creates a flight at the back of the queue.
@@ -208,8 +208,8 @@ impl Machine {
     }
 
     /// A client attaches to the request's result stream (at most one client per
-    /// request). It will read from the first chunk (rule 7, late joiners included);
-    /// a request that already ended yields its outcome (rule 13).
+    /// request). It will read from the first chunk ([rule 7](crate::contract#rule-7), late joiners included);
+    /// a request that already ended yields its outcome ([rule 13](crate::contract#rule-13)).
     ///
     /// # Errors
     /// [`RequestError::NotFound`] or [`RequestError::AlreadyAttached`]; nothing changes.
@@ -247,7 +247,7 @@ impl Machine {
 
     /// The attached client reads everything available from its cursor, appending
     /// it to `out`: chunks, then (once the request has ended) exactly one
-    /// [`Item::End`] (rule 19). Chunks are shared, not copied.
+    /// [`Item::End`] ([rule 19](crate::contract#rule-19)). Chunks are shared, not copied.
     ///
     /// A read of a live request leaves its reader **parked**: whether it returned
     /// chunks ([`Readiness::Ready`]) or found nothing ([`Readiness::Pending`]),
@@ -315,13 +315,13 @@ impl Machine {
         }
     }
 
-    /// Cancels the request (rules 9-12). Idempotent: cancelling a cancelled request
+    /// Cancels the request (rules [9](crate::contract#rule-9)-[12](crate::contract#rule-12)). Idempotent: cancelling a cancelled request
     /// succeeds and changes nothing. An attached client reads the chunks it was
-    /// already given, then [`Outcome::Cancelled`] as its last item (rule 14); an
+    /// already given, then [`Outcome::Cancelled`] as its last item ([rule 14](crate::contract#rule-14)); an
     /// unattached request keeps its record for `cancelled_retention` so a client
-    /// that attaches later reads the cancellation (rule 13). If it was its flight's
+    /// that attaches later reads the cancellation ([rule 13](crate::contract#rule-13)). If it was its flight's
     /// last member, the flight ends in this step: its work is aborted and its slot
-    /// handed on (rules 10, 12).
+    /// handed on (rules [10](crate::contract#rule-10), [12](crate::contract#rule-12)).
     ///
     /// # Errors
     /// [`RequestError::NotFound`], or [`RequestError::AlreadyFinished`] if it ended
@@ -341,7 +341,7 @@ impl Machine {
         Ok(())
     }
 
-    /// The attached client dropped its stream (rule 15). A live request is
+    /// The attached client dropped its stream ([rule 15](crate::contract#rule-15)). A live request is
     /// cancelled; either way the record is removed at once, since nobody is left to
     /// read it.
     ///
@@ -374,12 +374,12 @@ impl Machine {
     // ----- inputs from the user's work ----------------------------------------
 
     /// The preparation of `flight` finished. On success the flight waits for a
-    /// stream slot (and for a client, rule 6) and its preparation slot is released
-    /// in this step (rule 5); on failure every member ends failed (rule 20).
+    /// stream slot (and for a client, [rule 6](crate::contract#rule-6)) and its preparation slot is released
+    /// in this step ([rule 5](crate::contract#rule-5)); on failure every member ends failed ([rule 20](crate::contract#rule-20)).
     ///
     /// # Errors
     /// [`StaleFlight`] if the flight is not preparing (it was aborted or ended):
-    /// the input is ignored (rule 16).
+    /// the input is ignored ([rule 16](crate::contract#rule-16)).
     pub fn handle_prepared(
         &mut self,
         now: Time,
@@ -413,11 +413,11 @@ impl Machine {
     }
 
     /// The upstream of `flight` produced a chunk. It is appended to the flight's log
-    /// once; every reader reads it from there (rule 7). A chunk that takes the
-    /// response past `max_response_bytes` fails the flight instead (rule 22).
+    /// once; every reader reads it from there ([rule 7](crate::contract#rule-7)). A chunk that takes the
+    /// response past `max_response_bytes` fails the flight instead ([rule 22](crate::contract#rule-22)).
     ///
     /// # Errors
-    /// [`StaleFlight`] if the flight is not streaming; the chunk is ignored (rule 16).
+    /// [`StaleFlight`] if the flight is not streaming; the chunk is ignored ([rule 16](crate::contract#rule-16)).
     pub fn handle_chunk(
         &mut self,
         now: Time,
@@ -464,13 +464,13 @@ impl Machine {
     }
 
     /// The upstream of `flight` ended. On success every member ends completed and
-    /// the result is cached unless the preparation marked it uncacheable (rule 8);
+    /// the result is cached unless the preparation marked it uncacheable ([rule 8](crate::contract#rule-8));
     /// on failure every member ends failed after the chunks already in the log and
-    /// nothing is cached (rule 20). The stream slot goes to the next waiter in this
+    /// nothing is cached ([rule 20](crate::contract#rule-20)). The stream slot goes to the next waiter in this
     /// step.
     ///
     /// # Errors
-    /// [`StaleFlight`] if the flight is not streaming; the input is ignored (rule 16).
+    /// [`StaleFlight`] if the flight is not streaming; the input is ignored ([rule 16](crate::contract#rule-16)).
     pub fn handle_upstream_end(
         &mut self,
         now: Time,
@@ -540,7 +540,7 @@ impl Machine {
         }
     }
 
-    /// Handles every deadline due at `now` (rule 17). Each costs O(log n) (rule 18).
+    /// Handles every deadline due at `now` ([rule 17](crate::contract#rule-17)). Each costs O(log n) ([rule 18](crate::contract#rule-18)).
     /// Calling it again at the same time does nothing (idempotent).
     pub fn handle_timeout(&mut self, now: Time) {
         let now = self.advance(now);
@@ -681,7 +681,7 @@ impl Machine {
         })
     }
 
-    /// Gauges and totals (rule 24), in O(1).
+    /// Gauges and totals ([rule 24](crate::contract#rule-24)), in O(1).
     #[must_use]
     pub fn stats(&self) -> Stats {
         Stats {
@@ -704,7 +704,7 @@ impl Machine {
     }
 
     /// Whether the machine holds nothing at all: no request, flight, slot, reader,
-    /// deadline, cache entry or pending action (rule 21).
+    /// deadline, cache entry or pending action ([rule 21](crate::contract#rule-21)).
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.requests.is_empty()
@@ -736,7 +736,7 @@ impl Machine {
     // ----- internals ----------------------------------------------------------
 
     /// Hands free slots to waiters: queued flights to preparation slots, then
-    /// attached prepared flights to stream slots, both FIFO (rules 4-6).
+    /// attached prepared flights to stream slots, both FIFO (rules [4](crate::contract#rule-4)-[6](crate::contract#rule-6)).
     fn pump(&mut self, now: Time) {
         while self.preparing < self.config.max_concurrent_requests {
             let Some(fid) = self.queue.pop_first() else {
@@ -779,7 +779,7 @@ impl Machine {
     }
 
     /// One live member leaves its flight with `outcome` (cancel, detach, attach
-    /// timeout). If it was the last member, the flight ends now (rules 10-12).
+    /// timeout). If it was the last member, the flight ends now (rules [10](crate::contract#rule-10)-[12](crate::contract#rule-12)).
     fn end_member(&mut self, now: Time, request: RequestId, outcome: Outcome) {
         let Some(req) = self.requests.get(&request) else {
             return;
