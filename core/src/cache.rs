@@ -35,8 +35,8 @@ impl Cache {
         self.entries.len()
     }
 
-    /// Stores `ending` (a completed one) under `key` until `expires`, evicting the oldest entry when
-    /// `capacity` is reached. A capacity of zero stores nothing.
+    /// Stores `ending` (a completed one) under `key` until `expires`, evicting the oldest
+    /// entry when `capacity` is reached. A capacity of zero stores nothing.
     pub(crate) fn insert(
         &mut self,
         deadlines: &mut Deadlines,

@@ -22,11 +22,14 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Config {
     /// Flights that may wait in the admission queue. A submit that would create a
-    /// flight beyond this is rejected with `QueueFull` ([rule 3](crate::contract#rule-3)). Default 1024.
+    /// flight beyond this is rejected with `QueueFull` ([rule 3](crate::contract#rule-3)).
+    /// Default 1024.
     pub queue_capacity: usize,
-    /// Preparations that may run at once (Go: `MAX_CONCURRENT_REQUESTS`, 10). [Rule 4](crate::contract#rule-4).
+    /// Preparations that may run at once (Go: `MAX_CONCURRENT_REQUESTS`, 10).
+    /// [Rule 4](crate::contract#rule-4).
     pub max_concurrent_requests: usize,
-    /// Upstream streams that may run at once (Go: `MAX_CONCURRENT_LLM_STREAMS`, 5). [Rule 4](crate::contract#rule-4).
+    /// Upstream streams that may run at once (Go: `MAX_CONCURRENT_LLM_STREAMS`, 5).
+    /// [Rule 4](crate::contract#rule-4).
     pub max_concurrent_streams: usize,
     /// Bytes one response may reach; a flight whose upstream goes beyond it fails
     /// with `ResponseTooLarge` ([rule 22](crate::contract#rule-22)). Default 16 MiB.

@@ -116,7 +116,8 @@ impl Machine {
 
     // ----- inputs from clients -------------------------------------------------
 
-    /// A client submits a request for `key` (rules [1](crate::contract#rule-1)-[3](crate::contract#rule-3)).
+    /// A client submits a request for `key` (rules
+    /// [1](crate::contract#rule-1)-[3](crate::contract#rule-3)).
     ///
     /// Joins the key's live flight if there is one, is served from the cache if it
     /// holds the key, and otherwise creates a flight at the back of the queue.
