@@ -3,9 +3,9 @@
 //! This module holds no code. It is the promise flightdeck makes to its users,
 //! written down next to the code that keeps it, so that a maintainer never needs
 //! anything outside the repository to learn why a line exists. Every rule is
-//! covered by tests that fail if it breaks (`core/tests/rules.rs` cites each one,
-//! and the harness crate checks the [invariants](#invariants) after every step of
-//! every explored or generated run).
+//! covered by tests that fail if it breaks (each such test is named after its rule,
+//! `ruleN_...`), and the harness crate checks the [invariants](#invariants) after
+//! every step of every run it explores or generates.
 //!
 //! The design descends from a Go chatbot backend (`manager.go`, `streamer.go`)
 //! described in a blog series. That design fought four bugs, named below where a
@@ -207,10 +207,12 @@
 //!
 //! ## Invariants
 //!
-//! These hold after every input, whatever the inputs were;
-//! [`Machine::check_invariants`](crate::Machine::check_invariants) checks all of
-//! them (and the bookkeeping they rest on) and the harness calls it after every
-//! step of every run it explores or generates.
+//! These hold after every input, whatever the inputs were.
+//! [`Machine::check_invariants`](crate::Machine::check_invariants) checks the
+//! first five against the whole state (and the bookkeeping they rest on, below);
+//! the harness calls it after every step of every run it explores or generates,
+//! checks the sixth on the actions the machine emits, and the seventh whenever a
+//! run comes to rest.
 //!
 //! ### Invariant 1
 //! **Slots in use equal the flights holding them, and never exceed the limits.**
