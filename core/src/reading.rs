@@ -7,23 +7,43 @@
 //! end. After the end, the record keeps the final log and the outcome, and the
 //! reader gets exactly one terminal item ([rule 19](crate::contract#rule-19)).
 
+use bytes::Bytes;
+
 use crate::flights::Flights;
 use crate::request::{Life, Reader, Request};
-use crate::{Item, Readiness, RequestError, RequestId};
+use crate::{Item, Outcome, Readiness, RequestError, RequestId};
 
-/// Reads everything available to `request`'s reader into `out`, parking it while
-/// its request is live. See [`Machine::read`](crate::Machine::read).
-pub(crate) fn read(
+/// What one read hands out, lent from the log it reads: the new chunks, and the
+/// outcome if this read is the terminal one. A read that copies ([`read`]) and
+/// one that lends (a driver's) both go through [`lend`], so they cannot differ
+/// in what they do to the state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Lent<'a> {
+    pub(crate) readiness: Readiness,
+    pub(crate) chunks: &'a [Bytes],
+    pub(crate) end: Option<&'a Outcome>,
+}
+
+const PENDING: Lent<'static> = Lent {
+    readiness: Readiness::Pending,
+    chunks: &[],
+    end: None,
+};
+
+/// Moves `request`'s reader past everything available and lends it: parks the
+/// reader while its request is live, finishes it on the terminal read. See
+/// [`Machine::read`](crate::Machine::read).
+pub(crate) fn lend<'a>(
     request: RequestId,
-    req: &mut Request,
-    flights: &mut Flights,
-    out: &mut Vec<Item>,
-) -> Result<Readiness, RequestError> {
-    let reader = req.reader.as_mut().ok_or(RequestError::NotAttached)?;
-    match &req.life {
+    req: &'a mut Request,
+    flights: &'a mut Flights,
+) -> Result<Lent<'a>, RequestError> {
+    let Request { life, reader, .. } = req;
+    let reader = reader.as_mut().ok_or(RequestError::NotAttached)?;
+    match life {
         Life::Live(fid) => {
             let Some(flight) = flights.get_mut(*fid) else {
-                return Ok(Readiness::Pending);
+                return Ok(PENDING);
             };
             // Either way the reader has everything so far: park it, so the
             // next chunk (or the end) wakes it without a second read.
@@ -32,36 +52,62 @@ pub(crate) fn read(
                 flight.tail_mut().parked.push(request);
             }
             let log = &flight.tail().log;
-            let len = log.len();
-            let from = reader.cursor.min(len);
-            if from < len {
-                if from + 1 == len {
-                    // The usual case for a reader that keeps up: one new chunk.
-                    out.push(Item::Chunk(log[from].clone()));
-                } else {
-                    out.extend(log[from..].iter().cloned().map(Item::Chunk));
-                }
-                reader.cursor = len;
-                Ok(Readiness::Ready)
-            } else {
-                Ok(Readiness::Pending)
+            let from = reader.cursor.min(log.len());
+            if from == log.len() {
+                return Ok(PENDING);
             }
+            reader.cursor = log.len();
+            Ok(Lent {
+                readiness: Readiness::Ready,
+                chunks: &log[from..],
+                end: None,
+            })
         }
         Life::Ended(ending) => {
             if reader.finished {
-                return Ok(Readiness::Closed);
+                return Ok(Lent {
+                    readiness: Readiness::Closed,
+                    ..PENDING
+                });
             }
-            if let Some(log) = &ending.log {
-                let from = reader.cursor.min(log.len());
-                out.extend(log[from..].iter().cloned().map(Item::Chunk));
-                reader.cursor = log.len();
-            }
-            out.push(Item::End(ending.outcome.clone()));
+            let chunks = match &ending.log {
+                Some(log) => {
+                    let from = reader.cursor.min(log.len());
+                    reader.cursor = log.len();
+                    &log[from..]
+                }
+                None => &[],
+            };
             reader.finished = true;
             reader.parked = false;
-            Ok(Readiness::Ready)
+            Ok(Lent {
+                readiness: Readiness::Ready,
+                chunks,
+                end: Some(&ending.outcome),
+            })
         }
     }
+}
+
+/// [`lend`], with the chunks and the end copied into `out` as items (a chunk
+/// copy shares its bytes).
+pub(crate) fn read(
+    request: RequestId,
+    req: &mut Request,
+    flights: &mut Flights,
+    out: &mut Vec<Item>,
+) -> Result<Readiness, RequestError> {
+    let lent = lend(request, req, flights)?;
+    if let [one] = lent.chunks {
+        // The usual case for a reader that keeps up: one new chunk.
+        out.push(Item::Chunk(one.clone()));
+    } else {
+        out.extend(lent.chunks.iter().cloned().map(Item::Chunk));
+    }
+    if let Some(outcome) = lent.end {
+        out.push(Item::End(outcome.clone()));
+    }
+    Ok(lent.readiness)
 }
 
 /// The reader's invariants: its cursor is within the log it reads
@@ -208,6 +254,46 @@ mod tests {
             read(R, &mut req, &mut flights, &mut out),
             Err(RequestError::NotAttached)
         );
+    }
+
+    /// A read that lends changes the state exactly as a read that copies, and
+    /// lends what it copies: nothing yet, chunks, the end, after the end.
+    #[test]
+    fn lending_and_copying_reads_agree() {
+        let (mut flights, fid) = one_flight();
+        let mut req = attached(Life::Live(fid));
+        let compare = |req: &mut Request, flights: &mut Flights| {
+            let (mut req2, mut flights2) = (req.clone(), flights.clone());
+            let mut items = Vec::new();
+            let copied = read(R, req, flights, &mut items);
+            let lent = super::lend(R, &mut req2, &mut flights2).map(|lent| {
+                let mut lent_items: Vec<Item> =
+                    lent.chunks.iter().cloned().map(Item::Chunk).collect();
+                lent_items.extend(lent.end.cloned().map(Item::End));
+                (lent.readiness, lent_items)
+            });
+            assert_eq!(copied.map(|r| (r, items)), lent);
+            assert_eq!((&*req, &*flights), (&req2, &flights2));
+        };
+        compare(&mut req, &mut flights);
+        flights
+            .get_mut(fid)
+            .unwrap()
+            .tail_mut()
+            .log
+            .push(chunk("a"));
+        compare(&mut req, &mut flights);
+        let log = vec![chunk("a"), chunk("b"), chunk("c")];
+        flights.get_mut(fid).unwrap().tail_mut().log = log.clone();
+        compare(&mut req, &mut flights);
+        req.life = Life::Ended(Arc::new(Ending {
+            outcome: Outcome::Completed,
+            log: Some(Arc::new(log)),
+        }));
+        compare(&mut req, &mut flights);
+        compare(&mut req, &mut flights);
+        req.reader = None;
+        compare(&mut req, &mut flights);
     }
 
     #[test]
