@@ -122,7 +122,7 @@ impl Sim {
                 checked = true;
             }
         }
-        // Every deadline has passed (retentions, cache TTL): rule 21.
+        // Every deadline has passed (retentions, cache TTL): contract rule 21.
         println!(
             "  after the last deadline ({}): machine empty = {}",
             self.now,

@@ -4,7 +4,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{FlightId, Key, RequestId, Work};
 
-/// An instruction for the driver, drained with [`Machine::poll_action`](crate::Machine::poll_action).
+/// An instruction for the driver, drained with
+/// [`Machine::poll_action`](crate::Machine::poll_action).
 ///
 /// The driver carries actions out in order and decides nothing. For every flight
 /// the last action is [`Action::FlightEnded`]; no action names a flight after it.

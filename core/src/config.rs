@@ -22,14 +22,17 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Config {
     /// Flights that may wait in the admission queue. A submit that would create a
-    /// flight beyond this is rejected with `QueueFull` (rule 3). Default 1024.
+    /// flight beyond this is rejected with `QueueFull` ([rule 3](crate::contract#rule-3)).
+    /// Default 1024.
     pub queue_capacity: usize,
-    /// Preparations that may run at once (Go: `MAX_CONCURRENT_REQUESTS`, 10). Rule 4.
+    /// Preparations that may run at once (Go: `MAX_CONCURRENT_REQUESTS`, 10).
+    /// [Rule 4](crate::contract#rule-4).
     pub max_concurrent_requests: usize,
-    /// Upstream streams that may run at once (Go: `MAX_CONCURRENT_LLM_STREAMS`, 5). Rule 4.
+    /// Upstream streams that may run at once (Go: `MAX_CONCURRENT_LLM_STREAMS`, 5).
+    /// [Rule 4](crate::contract#rule-4).
     pub max_concurrent_streams: usize,
     /// Bytes one response may reach; a flight whose upstream goes beyond it fails
-    /// with `ResponseTooLarge` (rule 22). Default 16 MiB.
+    /// with `ResponseTooLarge` ([rule 22](crate::contract#rule-22)). Default 16 MiB.
     pub max_response_bytes: u64,
     /// Completed results kept in the cache; the oldest entry is evicted first.
     /// Zero disables the cache. Default 1024.
@@ -50,7 +53,7 @@ pub struct Config {
     /// (Go: `CLIENT_PICKUP_TIMEOUT`). Default 30 s.
     pub attach_timeout: Duration,
     /// How long a cancelled request's record is kept for a client to attach and
-    /// read the cancellation (rule 13). Default 30 s.
+    /// read the cancellation ([rule 13](crate::contract#rule-13)). Default 30 s.
     pub cancelled_retention: Duration,
     /// How long a finished request's record (completed, failed, timed out, or
     /// served from the cache) is kept for a client to attach. Default 60 s.
@@ -142,7 +145,7 @@ impl Config {
 mod tests {
     use super::*;
 
-    /// Rule 22: zero limits in a configuration are errors, not panics.
+    /// [Rule 22](crate::contract#rule-22): zero limits in a configuration are errors, not panics.
     #[test]
     fn rule22_zero_limits_and_timeouts_are_errors() {
         assert_eq!(Config::default().validate(), Ok(()));

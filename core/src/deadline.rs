@@ -5,7 +5,7 @@
 //! record waiting for pickup, a cache entry) has at most one entry here, and the
 //! entity remembers when, so arming, disarming and popping the earliest are all
 //! O(log n). The one exception is a queued flight: its deadline is implied by the
-//! queue's order (see `Machine::next_queue_expiry`). The driver sleeps until the
+//! queue's order (see [`Queue`](crate::queue::Queue)). The driver sleeps until the
 //! earliest of both and no longer.
 
 use std::collections::BTreeSet;
@@ -121,5 +121,146 @@ impl Deadlines {
 
     pub(crate) fn contains(&self, at: Time, timer: Timer) -> bool {
         self.pending.contains(&(at, timer.pack()))
+    }
+
+    /// The set's own invariant: every owner has at most one deadline (an owner
+    /// records one time; a second entry would fire for a time it forgot).
+    pub(crate) fn check(&self) -> Result<(), String> {
+        let mut owners = BTreeSet::new();
+        for &(at, packed) in &self.pending {
+            if !owners.insert(packed) {
+                let timer = Timer::unpack(packed);
+                return Err(format!("{timer:?} has a second deadline at {at:?}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Deadlines, Timer};
+    use crate::{FlightId, RequestId, Time};
+
+    const MAX_ID: u64 = (1 << 62) - 1;
+
+    fn every_kind(id: u64) -> [Timer; 3] {
+        [
+            Timer::Flight(FlightId::from_raw(id)),
+            Timer::Request(RequestId::from_raw(id)),
+            Timer::Cache(id),
+        ]
+    }
+
+    #[test]
+    fn packing_round_trips_at_the_boundaries() {
+        for id in [0, 1, 2, 1 << 31, (1 << 32) + 7, MAX_ID - 1, MAX_ID] {
+            for timer in every_kind(id) {
+                assert_eq!(Timer::unpack(timer.pack()), timer, "{timer:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_kind_lives_in_the_top_two_bits_and_the_id_below() {
+        for id in [0, 5, MAX_ID] {
+            let [f, r, c] = every_kind(id).map(Timer::pack);
+            assert_eq!((f >> 62, r >> 62, c >> 62), (0, 1, 2));
+            assert_eq!(f & MAX_ID, id);
+            assert_eq!(r & MAX_ID, id);
+            assert_eq!(c & MAX_ID, id);
+        }
+        // The highest id does not spill into the tag.
+        assert_eq!(Timer::Flight(FlightId::from_raw(MAX_ID)).pack(), MAX_ID);
+        // Any tag above 1 reads as a cache entry (only 2 is ever written).
+        assert_eq!(Timer::unpack(3 << 62 | 9), Timer::Cache(9));
+    }
+
+    #[test]
+    fn packed_order_is_the_enum_order() {
+        let mut timers: Vec<Timer> = [0, 1, MAX_ID].into_iter().flat_map(every_kind).collect();
+        timers.sort();
+        let mut packed: Vec<u64> = timers.iter().map(|t| t.pack()).collect();
+        let sorted = {
+            let mut p = packed.clone();
+            p.sort_unstable();
+            p
+        };
+        assert_eq!(packed, sorted, "packing must keep (kind, id) order");
+        packed.dedup();
+        assert_eq!(packed.len(), timers.len(), "distinct timers pack apart");
+        // The boundaries between kinds: the largest flight id sorts before the
+        // smallest request id, and so on.
+        assert!(
+            Timer::Flight(FlightId::from_raw(MAX_ID)).pack()
+                < Timer::Request(RequestId::from_raw(0)).pack()
+        );
+        assert!(Timer::Request(RequestId::from_raw(MAX_ID)).pack() < Timer::Cache(0).pack());
+    }
+
+    /// The documented order for deadlines due at the same instant: flights, then
+    /// requests, then cache entries, each by id.
+    #[test]
+    fn deadlines_due_together_pop_flights_then_requests_then_cache_by_id() {
+        let mut d = Deadlines::default();
+        let at = Time::from_millis(5);
+        let order = [
+            Timer::Flight(FlightId::from_raw(1)),
+            Timer::Flight(FlightId::from_raw(2)),
+            Timer::Request(RequestId::from_raw(0)),
+            Timer::Request(RequestId::from_raw(3)),
+            Timer::Cache(0),
+        ];
+        for timer in order.iter().rev() {
+            d.arm(&mut None, at, *timer);
+        }
+        // An earlier deadline of any kind comes first.
+        d.arm(&mut None, Time::from_millis(4), Timer::Cache(7));
+        assert_eq!(d.next(), Some(Time::from_millis(4)));
+        assert_eq!(d.pop_due(Time::from_millis(3)), None, "nothing due yet");
+        assert_eq!(d.pop_due(at), Some(Timer::Cache(7)));
+        for timer in order {
+            assert_eq!(d.peek_due(at), Some((at, timer)));
+            assert_eq!(d.pop_due(at), Some(timer));
+        }
+        assert_eq!(d.pop_due(Time::MAX), None);
+        assert_eq!(d.len(), 0);
+    }
+
+    #[test]
+    fn an_owner_slot_tracks_its_one_deadline() {
+        let mut d = Deadlines::default();
+        let timer = Timer::Request(RequestId::from_raw(4));
+        let mut slot = None;
+        d.arm(&mut slot, Time::from_millis(1), timer);
+        d.arm(&mut slot, Time::from_millis(2), timer); // re-arm replaces
+        assert_eq!(slot, Some(Time::from_millis(2)));
+        assert_eq!(d.len(), 1);
+        assert!(d.contains(Time::from_millis(2), timer));
+        assert!(!d.contains(Time::from_millis(1), timer));
+        assert!(!d.contains(Time::from_millis(2), Timer::Cache(4)));
+        d.disarm(&mut slot, timer);
+        assert_eq!((slot, d.len()), (None, 0));
+
+        let flight = Timer::Flight(FlightId::from_raw(0));
+        let mut at = Time::ZERO;
+        d.arm_new(&mut at, Time::from_millis(3), flight);
+        d.move_to(&mut at, Time::from_millis(6), flight);
+        assert_eq!(at, Time::from_millis(6));
+        assert!(d.contains(at, flight) && d.len() == 1);
+        d.remove(at, flight);
+        assert_eq!(d.len(), 0);
+        assert!(d.check().is_ok());
+    }
+
+    #[test]
+    fn check_fires_on_an_owner_with_two_deadlines() {
+        let mut d = Deadlines::default();
+        let timer = Timer::Flight(FlightId::from_raw(2));
+        d.arm(&mut None, Time::from_millis(1), timer);
+        assert!(d.check().is_ok());
+        // Corrupt: a second entry for the same owner (a forgotten disarm).
+        d.arm(&mut None, Time::from_millis(2), timer);
+        assert!(d.check().unwrap_err().contains("second deadline"));
     }
 }

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Outcome;
 
-/// Why a submit was refused. A refused submit changes nothing (rule 1).
+/// Why a submit was refused. A refused submit changes nothing ([rule 1](crate::contract#rule-1)).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, thiserror::Error)]
 #[non_exhaustive]
 pub enum SubmitError {
@@ -41,7 +41,8 @@ pub enum RequestError {
 }
 
 /// A completion (prepared, chunk, upstream end) named a flight that is not in the
-/// phase it reports on: it already ended or was aborted. It was ignored (rule 16).
+/// phase it reports on: it already ended or was aborted. It was ignored
+/// ([rule 16](crate::contract#rule-16)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, thiserror::Error)]
 #[error("flight is no longer live in that phase; input ignored")]
 pub struct StaleFlight;

@@ -190,3 +190,113 @@ impl Hash for Flight {
         t.parked.hash(state);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Flight, FlightPhase, Members};
+    use crate::{Key, RequestId, Time};
+    use bytes::Bytes;
+    use core::hash::{Hash, Hasher};
+    use std::hash::DefaultHasher;
+
+    fn id(n: u64) -> RequestId {
+        RequestId::from_raw(n)
+    }
+
+    fn hash_of(value: &impl Hash) -> u64 {
+        let mut h = DefaultHasher::new();
+        value.hash(&mut h);
+        h.finish()
+    }
+
+    #[test]
+    fn members_answer_membership_through_every_shape() {
+        let mut m = Members::Empty;
+        assert!(m.is_empty() && !m.contains(id(1)));
+        m.insert(id(3));
+        assert_eq!(m, Members::One(id(3)));
+        m.insert(id(3)); // a second insert of the same id keeps one
+        assert_eq!(m, Members::One(id(3)));
+        assert!(m.contains(id(3)) && !m.contains(id(1)) && !m.is_empty());
+        m.insert(id(1));
+        assert!(matches!(m, Members::Many(_)));
+        assert!(m.contains(id(1)) && m.contains(id(3)) && !m.contains(id(2)));
+        m.insert(id(2));
+        assert_eq!(
+            m.iter().collect::<Vec<_>>(),
+            [id(1), id(2), id(3)],
+            "id order"
+        );
+        m.remove(id(9)); // not a member: nothing changes
+        assert_eq!(m.iter().count(), 3);
+        m.remove(id(2));
+        m.remove(id(1));
+        assert_eq!(m, Members::One(id(3)), "two down to one goes inline");
+        m.remove(id(1));
+        assert_eq!(
+            m,
+            Members::One(id(3)),
+            "removing a non-member keeps the one"
+        );
+        m.remove(id(3));
+        assert!(m.is_empty() && m.iter().next().is_none());
+        m.remove(id(3));
+        assert!(m.is_empty());
+    }
+
+    fn flight() -> Flight {
+        let mut f = Flight::new(Key::from("k"), Time::from_millis(5));
+        f.members.insert(id(0));
+        f
+    }
+
+    #[test]
+    fn flights_differing_in_any_one_field_are_unequal_and_hash_apart() {
+        let base = flight();
+        let variants: Vec<crate::testing::Change<Flight>> = vec![
+            ("key", |f| f.key = Key::from("other")),
+            ("phase", |f| f.phase = FlightPhase::Preparing),
+            ("phase cacheable", |f| {
+                f.phase = FlightPhase::Prepared {
+                    cacheable: false,
+                    seq: 0,
+                };
+            }),
+            ("members", |f| f.members.insert(id(1))),
+            ("attached", |f| f.attached = 1),
+            ("deadline", |f| f.deadline = Time::from_millis(6)),
+            ("log", |f| f.tail_mut().log.push(Bytes::new())),
+            ("bytes", |f| f.tail_mut().bytes = 1),
+            ("parked", |f| f.tail_mut().parked.push(id(0))),
+        ];
+        let mut prepared = base.clone();
+        prepared.phase = FlightPhase::Prepared {
+            cacheable: true,
+            seq: 0,
+        };
+        for (field, change) in variants {
+            let mut other = base.clone();
+            change(&mut other);
+            let (a, b) = if field == "phase cacheable" {
+                (&prepared, &other)
+            } else {
+                (&base, &other)
+            };
+            assert_ne!(a, b, "{field} must count for equality");
+            assert_ne!(hash_of(a), hash_of(b), "{field} must count for hashing");
+        }
+    }
+
+    #[test]
+    fn an_allocated_empty_tail_equals_no_tail() {
+        let a = flight();
+        let mut b = flight();
+        let _ = b.tail_mut();
+        assert_eq!(a, b);
+        assert_eq!(hash_of(&a), hash_of(&b));
+        b.tail_mut().log.push(Bytes::from_static(b"x"));
+        assert_eq!(b.take_log(), vec![Bytes::from_static(b"x")]);
+        assert!(b.tail().log.is_empty());
+        assert!(flight().take_log().is_empty());
+    }
+}

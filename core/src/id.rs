@@ -4,7 +4,7 @@
 //! runs are deterministic (the n-th submit always gets the same id), and a
 //! [`FlightId`] doubles as a generation number: a late completion for a flight
 //! that already ended names an id the machine no longer holds and is ignored
-//! (rule 16).
+//! ([rule 16](crate::contract#rule-16)).
 
 use core::fmt;
 

@@ -282,7 +282,15 @@ mod tests {
         for id in (0..1000u64).step_by(10) {
             fresh.insert(id, id * 10);
         }
-        assert_eq!(m, fresh);
+        crate::testing::assert_same(&m, &fresh, "same records, different layout");
+        // One value, or one id, apart: unequal and hashed apart.
+        let mut other = fresh.clone();
+        *other.get_mut(&990).unwrap() += 1;
+        crate::testing::assert_differs(&m, &other, "a value");
+        let mut other = fresh.clone();
+        other.remove(&990);
+        other.insert(991, 9900);
+        crate::testing::assert_differs(&m, &other, "an id");
         for id in (0..1000u64).step_by(10) {
             assert_eq!(m.remove(&id), Some(id * 10));
         }

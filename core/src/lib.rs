@@ -89,11 +89,14 @@
 mod action;
 mod cache;
 mod config;
+pub mod contract;
 mod deadline;
 #[cfg(feature = "driver")]
 pub mod driver;
+mod ending;
 mod error;
 mod flight;
+mod flights;
 mod id;
 mod idmap;
 mod input;
@@ -101,9 +104,15 @@ mod key;
 mod live;
 mod machine;
 mod outcome;
+mod queue;
+mod reading;
+mod records;
 mod request;
+mod slots;
 mod stats;
 mod status;
+#[cfg(test)]
+mod testing;
 mod time;
 
 pub use action::Action;

@@ -1,4 +1,4 @@
-//! The live flight of each key (rule 2: at most one), found by hashing.
+//! The live flight of each key ([rule 2](crate::contract#rule-2): at most one), found by hashing.
 //!
 //! The key itself is stored once, in its flight: this index maps a 64-bit hash
 //! of the key to the flight id and confirms a hit by comparing the flight's key.
@@ -8,7 +8,8 @@
 //! cost O(log n), and the hash can be a fixed one: nothing here is random.
 //!
 //! The index is derived from the flights (each flight is the live flight of its
-//! key), so equality and hashing of a [`Machine`](crate::Machine) skip it.
+//! key), so equality and hashing of [`Flights`](crate::flights::Flights), and so of
+//! a [`Machine`](crate::Machine), skip it.
 
 use core::hash::{Hash, Hasher};
 use std::collections::BTreeMap;
@@ -77,6 +78,12 @@ impl LiveKeys {
 
     pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Files `key` in the side map as if its hash slot were taken (tests only).
+    #[cfg(test)]
+    pub(crate) fn insert_collided(&mut self, key: &Key, flight: FlightId) {
+        self.collided.insert(key.clone(), flight);
     }
 }
 

@@ -69,7 +69,8 @@ impl core::fmt::Display for Failure {
     }
 }
 
-/// How a request ended. A reader gets exactly one, as its last item (rule 19).
+/// How a request ended. A reader gets exactly one, as its last item
+/// ([rule 19](crate::contract#rule-19)).
 ///
 /// Exhaustive by contract: these four are the only ways a request can end.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -97,7 +98,8 @@ impl core::fmt::Display for Outcome {
 
 /// One item of a request's result stream: chunks, then exactly one end.
 ///
-/// Exhaustive by contract (rule 19): a stream is chunks followed by one end.
+/// Exhaustive by contract ([rule 19](crate::contract#rule-19)): a stream is chunks followed
+/// by one end.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Item {
     /// A chunk of the upstream's output. Cloning it does not copy the data.

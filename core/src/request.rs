@@ -8,8 +8,8 @@
 
 use std::sync::Arc;
 
-use crate::cache::Log;
-use crate::{FlightId, Outcome, Time};
+use crate::ending::Ending;
+use crate::{FlightId, Time};
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Life {
@@ -17,15 +17,6 @@ pub(crate) enum Life {
     Live(FlightId),
     /// Ended. Shared by every member a flight ended with, and by the cache.
     Ended(Arc<Ending>),
-}
-
-/// How a request ended and what its reader may still read.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct Ending {
-    pub(crate) outcome: Outcome,
-    /// The chunks the reader may still read from its cursor on (`None`: nothing
-    /// more, as after a cancel).
-    pub(crate) log: Option<Log>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -1,4 +1,4 @@
-//! A snapshot of what the machine holds and what it has done (rule 24).
+//! A snapshot of what the machine holds and what it has done ([rule 24](crate::contract#rule-24)).
 
 use serde::{Deserialize, Serialize};
 

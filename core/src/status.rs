@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{FlightId, Outcome, RequestId};
 
-/// How a submitted request was placed (rule 2).
+/// How a submitted request was placed ([rule 2](crate::contract#rule-2)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Route {
