@@ -975,7 +975,12 @@ fn timeout_attach() {
             vec![end(Outcome::TimedOut(Phase::Attach))]
         )
     );
-    assert_eq!(rig.m.poll_timeout(), None);
+    // Contract rule 21: the end is read, so the record is only retained.
+    assert_eq!(
+        rig.m.poll_timeout(),
+        Some(ms(105)),
+        "retention from the read"
+    );
     rig.detach(a).unwrap();
     assert!(rig.m.is_empty(), "{:?}", rig.stats());
 }
@@ -1022,7 +1027,8 @@ fn timeout_cancelled_retention() {
     assert_eq!(rig.state(a), None);
     assert_eq!(rig.attach(a), Err(RequestError::NotFound));
     assert_eq!(rig.cancel(a), Err(RequestError::NotFound));
-    assert_eq!(rig.m.poll_timeout(), None);
+    // Contract rule 21: b read its end at 22, so it is retained until 42.
+    assert_eq!(rig.m.poll_timeout(), Some(ms(42)));
     rig.detach(b).unwrap();
     assert!(rig.m.is_empty(), "{:?}", rig.stats());
 }
