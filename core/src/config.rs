@@ -100,6 +100,16 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// How long an ended record is kept for a client that has not read its end:
+    /// `cancelled_retention` for a cancelled one, `finished_retention` otherwise.
+    pub(crate) fn retention(&self, outcome: &crate::Outcome) -> Duration {
+        if *outcome == crate::Outcome::Cancelled {
+            self.cancelled_retention
+        } else {
+            self.finished_retention
+        }
+    }
+
     /// Checks every field; the first problem found is returned.
     ///
     /// # Errors

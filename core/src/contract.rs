@@ -178,8 +178,14 @@
 //! ### Rule 21
 //! **After every request has ended and every retention has passed, the machine
 //! holds nothing**: no requests, flights, slots, deadlines, readers or cache
-//! entries. *Why:* leaks are the first Go bug (the stuck writer's growing memory);
-//! emptiness at quiescence is checked rather than hoped for.
+//! entries. This holds even while clients keep their finished result streams:
+//! once a reader has read its terminal item, its record is kept for the retention
+//! of its outcome (`finished_retention`, or `cancelled_retention` after a cancel),
+//! counted from that read, exactly as for a record nobody attached to, and then
+//! dropped; a read or detach after that answers "not found". *Why:* leaks are the
+//! first Go bug (the stuck writer's growing memory); a server that keeps stream
+//! objects around must not keep their records with them. Emptiness at quiescence
+//! is checked rather than hoped for.
 //!
 //! ## Bad input and limits
 //!

@@ -222,6 +222,14 @@ impl Machine {
     /// returns the terminal item (or [`Readiness::Closed`]) is never followed by
     /// a wake.
     ///
+    /// The read that returns the terminal item starts the record's retention
+    /// (`finished_retention`, or `cancelled_retention` after a cancel), counted
+    /// from [`Machine::now`] since a read carries no time: a client that keeps its
+    /// finished stream does not keep the record ([rule 21](crate::contract#rule-21)).
+    /// Until the retention passes, reads answer [`Readiness::Closed`]; after it,
+    /// [`RequestError::NotFound`]. A driver should take [`Machine::poll_timeout`]
+    /// again after such a read: the new deadline may be the earliest.
+    ///
     /// A read never queues an action.
     ///
     /// # Errors
@@ -235,7 +243,8 @@ impl Machine {
             .records
             .get_mut(request)
             .ok_or(RequestError::NotFound)?;
-        reading::read(request, req, &mut self.flights, out)
+        let clock = (&mut self.deadlines, &self.config, self.now);
+        reading::read(clock, request, req, &mut self.flights, out)
     }
 
     /// Cancels the request (rules [9](crate::contract#rule-9)-[12](crate::contract#rule-12)).

@@ -6,12 +6,22 @@
 //! is **parked** in its flight's tail and woken (once) by the next chunk or by the
 //! end. After the end, the record keeps the final log and the outcome, and the
 //! reader gets exactly one terminal item ([rule 19](crate::contract#rule-19)).
+//!
+//! Once the reader has taken its terminal item the record has nothing left to
+//! give but that fact, so it is kept for its retention only, exactly like an
+//! ended record nobody attached to ([rule 21](crate::contract#rule-21)): a client
+//! that holds on to its finished stream object does not hold the record forever.
 
 use bytes::Bytes;
 
+use crate::deadline::{Deadlines, Timer};
 use crate::flights::Flights;
 use crate::request::{Life, Reader, Request};
-use crate::{Item, Outcome, Readiness, RequestError, RequestId};
+use crate::{Config, Item, Outcome, Readiness, RequestError, RequestId, Time};
+
+/// What a read needs besides the record: the deadline set, the configuration
+/// and the time, to start the record's retention on the terminal read.
+pub(crate) type Clock<'c> = (&'c mut Deadlines, &'c Config, Time);
 
 /// What one read hands out, lent from the log it reads: the new chunks, and the
 /// outcome if this read is the terminal one. A read that copies ([`read`]) and
@@ -31,14 +41,19 @@ const PENDING: Lent<'static> = Lent {
 };
 
 /// Moves `request`'s reader past everything available and lends it: parks the
-/// reader while its request is live, finishes it on the terminal read. See
-/// [`Machine::read`](crate::Machine::read).
+/// reader while its request is live, finishes it on the terminal read and starts
+/// the record's retention at `now`. See [`Machine::read`](crate::Machine::read).
 pub(crate) fn lend<'a>(
+    (deadlines, config, now): Clock<'_>,
     request: RequestId,
     req: &'a mut Request,
     flights: &'a mut Flights,
 ) -> Result<Lent<'a>, RequestError> {
-    let Request { life, reader, .. } = req;
+    let Request {
+        life,
+        reader,
+        deadline,
+    } = req;
     let reader = reader.as_mut().ok_or(RequestError::NotAttached)?;
     match life {
         Life::Live(fid) => {
@@ -80,6 +95,8 @@ pub(crate) fn lend<'a>(
             };
             reader.finished = true;
             reader.parked = false;
+            let until = now + config.retention(&ending.outcome);
+            deadlines.arm(deadline, until, Timer::Request(request));
             Ok(Lent {
                 readiness: Readiness::Ready,
                 chunks,
@@ -92,12 +109,13 @@ pub(crate) fn lend<'a>(
 /// [`lend`], with the chunks and the end copied into `out` as items (a chunk
 /// copy shares its bytes).
 pub(crate) fn read(
+    clock: Clock<'_>,
     request: RequestId,
     req: &mut Request,
     flights: &mut Flights,
     out: &mut Vec<Item>,
 ) -> Result<Readiness, RequestError> {
-    let lent = lend(request, req, flights)?;
+    let lent = lend(clock, request, req, flights)?;
     if let [one] = lent.chunks {
         // The usual case for a reader that keeps up: one new chunk.
         out.push(Item::Chunk(one.clone()));
@@ -156,12 +174,14 @@ mod tests {
     use bytes::Bytes;
 
     use super::{check, read};
+    use crate::deadline::{Deadlines, Timer};
     use crate::ending::Ending;
     use crate::flights::Flights;
     use crate::request::{Life, Reader, Request};
-    use crate::{FlightId, Item, Key, Outcome, Readiness, RequestError, RequestId, Time};
+    use crate::{Config, FlightId, Item, Key, Outcome, Readiness, RequestError, RequestId, Time};
 
     const R: RequestId = RequestId::from_raw(0);
+    const NOW: Time = Time::from_millis(3);
 
     fn chunk(s: &'static str) -> Bytes {
         Bytes::from_static(s.as_bytes())
@@ -188,15 +208,16 @@ mod tests {
 
     #[test]
     fn a_live_reader_reads_what_is_there_and_parks_once() {
+        let (mut d, c) = (Deadlines::default(), Config::default());
         let (mut flights, fid) = one_flight();
         let mut req = attached(Life::Live(fid));
         let mut out = Vec::new();
         assert_eq!(
-            read(R, &mut req, &mut flights, &mut out),
+            read((&mut d, &c, NOW), R, &mut req, &mut flights, &mut out),
             Ok(Readiness::Pending)
         );
         assert_eq!(
-            read(R, &mut req, &mut flights, &mut out),
+            read((&mut d, &c, NOW), R, &mut req, &mut flights, &mut out),
             Ok(Readiness::Pending)
         );
         assert_eq!(
@@ -213,7 +234,7 @@ mod tests {
             .extend([chunk("a"), chunk("b")]);
         req.reader.as_mut().unwrap().parked = false; // as a wake does
         assert_eq!(
-            read(R, &mut req, &mut flights, &mut out),
+            read((&mut d, &c, NOW), R, &mut req, &mut flights, &mut out),
             Ok(Readiness::Ready)
         );
         assert_eq!(out, [Item::Chunk(chunk("a")), Item::Chunk(chunk("b"))]);
@@ -227,6 +248,7 @@ mod tests {
 
     #[test]
     fn an_ended_reader_gets_the_rest_then_one_end_then_closed() {
+        let (mut d, c) = (Deadlines::default(), Config::default());
         let (mut flights, _) = one_flight();
         let ending = Ending {
             outcome: Outcome::Completed,
@@ -236,22 +258,27 @@ mod tests {
         req.reader.as_mut().unwrap().cursor = 1;
         let mut out = Vec::new();
         assert_eq!(
-            read(R, &mut req, &mut flights, &mut out),
+            read((&mut d, &c, NOW), R, &mut req, &mut flights, &mut out),
             Ok(Readiness::Ready)
         );
         assert_eq!(
             out,
             [Item::Chunk(chunk("b")), Item::End(Outcome::Completed)]
         );
+        // Having read its end, the record is only retained (contract rule 21).
+        let until = NOW + c.finished_retention;
+        assert_eq!(req.deadline, Some(until));
+        assert!(d.contains(until, Timer::Request(R)) && d.len() == 1);
         out.clear();
         assert_eq!(
-            read(R, &mut req, &mut flights, &mut out),
+            read((&mut d, &c, NOW), R, &mut req, &mut flights, &mut out),
             Ok(Readiness::Closed)
         );
         assert!(out.is_empty());
+        assert_eq!(d.len(), 1, "a Closed read arms nothing more");
         req.reader = None;
         assert_eq!(
-            read(R, &mut req, &mut flights, &mut out),
+            read((&mut d, &c, NOW), R, &mut req, &mut flights, &mut out),
             Err(RequestError::NotAttached)
         );
     }
@@ -262,18 +289,20 @@ mod tests {
     fn lending_and_copying_reads_agree() {
         let (mut flights, fid) = one_flight();
         let mut req = attached(Life::Live(fid));
+        let c = Config::default();
         let compare = |req: &mut Request, flights: &mut Flights| {
             let (mut req2, mut flights2) = (req.clone(), flights.clone());
+            let (mut d, mut d2) = (Deadlines::default(), Deadlines::default());
             let mut items = Vec::new();
-            let copied = read(R, req, flights, &mut items);
-            let lent = super::lend(R, &mut req2, &mut flights2).map(|lent| {
+            let copied = read((&mut d, &c, NOW), R, req, flights, &mut items);
+            let lent = super::lend((&mut d2, &c, NOW), R, &mut req2, &mut flights2).map(|lent| {
                 let mut lent_items: Vec<Item> =
                     lent.chunks.iter().cloned().map(Item::Chunk).collect();
                 lent_items.extend(lent.end.cloned().map(Item::End));
                 (lent.readiness, lent_items)
             });
             assert_eq!(copied.map(|r| (r, items)), lent);
-            assert_eq!((&*req, &*flights), (&req2, &flights2));
+            assert_eq!((&*req, &*flights, &d), (&req2, &flights2, &d2));
         };
         compare(&mut req, &mut flights);
         flights

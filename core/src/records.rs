@@ -2,11 +2,12 @@
 //!
 //! A record is live while its request is a member of a flight, and ended after.
 //! Removal has exactly two causes: its client detaches
-//! ([rule 15](crate::contract#rule-15)), or, with no client attached, its
-//! retention deadline passes ([rule 13](crate::contract#rule-13),
-//! [rule 17](crate::contract#rule-17)). So a record without a client always has one
-//! deadline armed (attach, or retention), and one with a client has none: nothing
-//! is held forever and no janitor is needed.
+//! ([rule 15](crate::contract#rule-15)), or its retention deadline passes
+//! ([rule 13](crate::contract#rule-13), [rule 17](crate::contract#rule-17)). The
+//! retention runs while no client is attached, and also once the attached client
+//! has read its terminal item ([rule 21](crate::contract#rule-21)). So a record
+//! has one deadline armed (attach, or retention) unless a client that still reads
+//! holds it: nothing is held forever and no janitor is needed.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use crate::ending::Ending;
 use crate::flights::Flights;
 use crate::idmap::IdMap;
 use crate::request::{Life, Reader, Request};
-use crate::{reading, Action, Config, FlightId, Outcome, RequestId, Time};
+use crate::{reading, Action, Config, FlightId, RequestId, Time};
 
 /// Every request record held, with the counts the stats report in O(1).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -118,11 +119,7 @@ impl Records {
         }
         self.live -= 1;
         deadlines.disarm(&mut req.deadline, Timer::Request(id));
-        let retention = if ending.outcome == Outcome::Cancelled {
-            config.cancelled_retention
-        } else {
-            config.finished_retention
-        };
+        let retention = config.retention(&ending.outcome);
         req.life = Life::Ended(ending);
         match req.reader.as_mut() {
             Some(reader) => {
@@ -227,9 +224,17 @@ impl Records {
                 readers += 1;
                 reading::check(id, reader, &r.life, flights)?;
             }
-            match (r.reader.is_some(), r.deadline) {
+            // Held by a client that still reads: no deadline. Otherwise (no client,
+            // or one that has read its terminal item) exactly one, armed.
+            let held = r.reader.as_ref().is_some_and(|reader| !reader.finished);
+            match (held, r.deadline) {
                 (true, None) => {}
                 (true, Some(_)) => return Err(format!("{id} attached but still has a deadline")),
+                (false, None) if r.reader.is_some() => {
+                    return Err(format!(
+                        "{id} finished reading without a retention deadline"
+                    ))
+                }
                 (false, None) => return Err(format!("{id} unattached without a deadline")),
                 (false, Some(at)) => {
                     if !deadlines.contains(at, Timer::Request(id)) {
@@ -311,7 +316,8 @@ mod tests {
         w.flights.get_mut(w.flight).unwrap().tail_mut().bytes = 1;
         let mut out = Vec::new();
         let req = w.records.get_mut(r(1)).unwrap();
-        let ready = reading::read(r(1), req, &mut w.flights, &mut out);
+        let clock = (&mut w.deadlines, &Config::default(), Time::ZERO);
+        let ready = reading::read(clock, r(1), req, &mut w.flights, &mut out);
         assert_eq!(ready, Ok(Readiness::Ready));
         assert_eq!(out, vec![Item::Chunk(Bytes::from_static(b"x"))]);
         w

@@ -363,9 +363,17 @@ impl Model {
                         items.extend(rest[from..].iter().cloned().map(Item::Chunk));
                         reader.cursor = rest.len();
                     }
+                    let retention = if outcome == Outcome::Cancelled {
+                        self.config.cancelled_retention
+                    } else {
+                        self.config.finished_retention
+                    };
                     items.push(Item::End(outcome));
                     reader.finished = true;
                     reader.parked = false;
+                    // Contract rule 21: having read its end, the record is only
+                    // retained, from the machine's latest time (a read has none).
+                    self.records[pos].deadline = Some(self.now + retention);
                     Readiness::Ready
                 }
             }

@@ -469,10 +469,18 @@ impl World {
             return Ok(());
         }
         let request = c.request;
+        // Contract rule 21: a client that has read its terminal item holds its
+        // record only for the retention; after that the record is gone.
+        let retained = !c.closed || self.driver.machine.status(request).is_some();
         let reply = self.input(Input::Detach { request })?;
+        let expected = if retained {
+            Reply::Request(Ok(()))
+        } else {
+            Reply::Request(Err(RequestError::NotFound))
+        };
         ensure!(
-            reply == Reply::Request(Ok(())),
-            "detach of an attached client answered {reply:?}"
+            reply == expected,
+            "detach of an attached client answered {reply:?}, not {expected:?}"
         );
         ensure!(
             self.driver.machine.status(request).is_none(),

@@ -894,7 +894,12 @@ fn timeout_attach() {
             vec![end(Outcome::TimedOut(Phase::Attach))]
         )
     );
-    assert_eq!(rig.machine.poll_timeout(), None);
+    // Contract rule 21: the end is read, so the record is only retained.
+    assert_eq!(
+        rig.machine.poll_timeout(),
+        Some(ms(105)),
+        "retention from the read"
+    );
     rig.try_detach(a).unwrap();
     assert!(rig.machine.is_empty(), "{:?}", rig.stats());
 }
@@ -941,7 +946,8 @@ fn timeout_cancelled_retention() {
     assert_eq!(rig.state(a), None);
     assert_eq!(rig.try_attach(a), Err(RequestError::NotFound));
     assert_eq!(rig.try_cancel(a), Err(RequestError::NotFound));
-    assert_eq!(rig.machine.poll_timeout(), None);
+    // Contract rule 21: b read its end at 22, so it is retained until 42.
+    assert_eq!(rig.machine.poll_timeout(), Some(ms(42)));
     rig.try_detach(b).unwrap();
     assert!(rig.machine.is_empty(), "{:?}", rig.stats());
 }

@@ -8,7 +8,9 @@ use bytes::Bytes;
 
 use super::Machine;
 use crate::testing::{assert_differs, assert_same};
-use crate::{Action, Config, Key, Outcome, Phase, Prepared, RequestId, RequestState, Time, Totals};
+use crate::{
+    Action, Config, Item, Key, Outcome, Phase, Prepared, RequestId, RequestState, Time, Totals,
+};
 
 /// A step of any duration, to change a timeout by.
 const MS: Duration = Duration::from_millis(1);
@@ -250,4 +252,88 @@ fn flights_due_together_end_oldest_first() {
         })
         .collect();
     assert_eq!(ended, [0, 1]);
+}
+
+/// Runs one uncacheable flight for `key` to completion with one attached reader
+/// and returns the request; everything at `t`.
+fn completed_and_attached(m: &mut Machine, t: Time, key: &str) -> RequestId {
+    let r = m.submit(t, Key::from(key)).unwrap().request;
+    m.attach(t, r).unwrap();
+    let f = m.status(r).unwrap().flight.unwrap();
+    m.handle_prepared(t, f, Ok(Prepared { cacheable: false }))
+        .unwrap();
+    m.handle_chunk(t, f, Bytes::from_static(b"x")).unwrap();
+    m.handle_upstream_end(t, f, Ok(())).unwrap();
+    while m.poll_action().is_some() {}
+    r
+}
+
+/// Contract rule 21: a client that keeps its finished stream does not keep the
+/// record. It is retained for `finished_retention` from the read of its end.
+#[test]
+fn a_record_whose_end_was_read_is_dropped_after_its_retention() {
+    let mut m = Machine::new(config()).unwrap();
+    let t = Time::from_millis(1);
+    let r = completed_and_attached(&mut m, t, "k");
+    // Ended but unread: the client still has something to read, no deadline.
+    assert_eq!(m.poll_timeout(), None);
+    let mut items = Vec::new();
+    let later = Time::from_millis(50);
+    m.handle_timeout(later); // the machine's time moves on
+    m.read(r, &mut items).unwrap();
+    assert_eq!(items.last(), Some(&Item::End(Outcome::Completed)));
+    let until = later + m.config.finished_retention;
+    assert_eq!(m.poll_timeout(), Some(until), "retention from the read");
+    m.check_invariants().unwrap();
+    m.handle_timeout(Time::from_nanos(until.as_nanos() - 1));
+    assert_eq!(m.read(r, &mut items), Ok(crate::Readiness::Closed));
+    m.handle_timeout(until);
+    assert_eq!(m.status(r), None);
+    assert_eq!(m.read(r, &mut items), Err(crate::RequestError::NotFound));
+    assert_eq!(m.detach(until, r), Err(crate::RequestError::NotFound));
+    m.check_invariants().unwrap();
+    assert!(
+        m.is_empty(),
+        "nothing held though the client never detached"
+    );
+}
+
+#[test]
+fn a_cancelled_reader_is_retained_for_the_cancelled_retention() {
+    let mut m = Machine::new(Config {
+        cancelled_retention: Duration::from_secs(3),
+        ..config()
+    })
+    .unwrap();
+    let t = Time::from_millis(1);
+    let r = m.submit(t, Key::from("k")).unwrap().request;
+    m.attach(t, r).unwrap();
+    m.cancel(t, r).unwrap();
+    let mut items = Vec::new();
+    m.read(r, &mut items).unwrap();
+    assert_eq!(items, [Item::End(Outcome::Cancelled)]);
+    assert_eq!(m.poll_timeout(), Some(t + Duration::from_secs(3)));
+    // A detach before the retention passes still removes the record at once.
+    m.detach(t, r).unwrap();
+    assert_eq!(m.poll_timeout(), None, "its retention went with it");
+    m.check_invariants().unwrap();
+    while m.poll_action().is_some() {}
+    assert!(m.is_empty());
+}
+
+#[test]
+fn check_fires_on_a_finished_reader_without_retention() {
+    let mut m = Machine::new(config()).unwrap();
+    let t = Time::from_millis(1);
+    let r = completed_and_attached(&mut m, t, "k");
+    m.read(r, &mut Vec::new()).unwrap();
+    m.check_invariants().unwrap();
+    let at = m.records.get(r).unwrap().deadline.unwrap();
+    m.deadlines.remove(at, crate::deadline::Timer::Request(r));
+    m.records.get_mut(r).unwrap().deadline = None;
+    let err = m.check_invariants().unwrap_err().0;
+    assert!(
+        err.contains("finished reading without a retention deadline"),
+        "{err}"
+    );
 }
