@@ -12,6 +12,10 @@
 //! (`poll_timeout`, `handle_timeout`), then outputs (`poll_action`) and
 //! observation (`status`, `stats`).
 
+mod batch;
+
+pub use batch::Borrowed;
+
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 

@@ -510,10 +510,11 @@ async fn run_stream<P: Send + 'static, R: Runtime>(
             }
         }
         let over = shared.with(|g, now| {
-            for data in batch.drain(..) {
-                if g.machine.handle_chunk(now, flight, data).is_err() {
-                    return true; // aborted or ended
-                }
+            let offered = batch.len();
+            match g.machine.handle_chunks(now, flight, batch.drain(..)) {
+                Ok(accepted) if accepted == offered => {}
+                // Aborted, ended, or over max_response_bytes.
+                Ok(_) | Err(_) => return true,
             }
             match end.take() {
                 Some(result) => {
@@ -523,9 +524,7 @@ async fn run_stream<P: Send + 'static, R: Runtime>(
                 None => false,
             }
         });
-        if over || bytes > limit {
-            // Over the limit, the core failed the flight with the chunk that
-            // crossed it (and set the stop signal).
+        if over {
             return;
         }
         if full {
