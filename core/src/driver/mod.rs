@@ -272,13 +272,19 @@ impl<P: Send + 'static, R: Runtime> Manager<P, R> {
                         }
                         _ => Some(payload),
                     };
-                    let placement = Placement {
-                        id: submission.request,
-                        route: submission.route,
-                        queue_position: g
+                    // `status` counts the flights ahead in the queue: O(queue
+                    // length), under the lock. Only `submit` reports it.
+                    let queue_position = match attach {
+                        None => g
                             .machine
                             .status(submission.request)
                             .and_then(|status| status.queue_position),
+                        Some(_) => None,
+                    };
+                    let placement = Placement {
+                        id: submission.request,
+                        route: submission.route,
+                        queue_position,
                     };
                     let attached = match attach {
                         Some(signal) if g.machine.attach(now, submission.request).is_ok() => {
