@@ -728,5 +728,91 @@ fn bench_latency(_c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, bench_latency, bench_e2e, bench_scaling);
+// ----- the card's primitives ---------------------------------------------------
+
+/// Nanoseconds per operation of `f` run `ops` times.
+fn ns_per(ops: u64, f: impl FnOnce()) -> f64 {
+    let start = Instant::now();
+    f();
+    start.elapsed().as_nanos() as f64 / ops as f64
+}
+
+/// What decided against `async-lock` and `async-channel` for the machine (see
+/// the driver's module docs): the cost of one input under `std::sync::Mutex`
+/// (what the driver does), under `async_lock::Mutex`, and sent as a message to
+/// a thread that owns the state and answers (an actor on `async-channel`),
+/// uncontended and from two threads.
+fn bench_primitives(_c: &mut Criterion) {
+    const OPS: u64 = 1_000_000;
+    let std_lock = std::sync::Mutex::new(0u64);
+    let std_one = ns_per(OPS, || {
+        for _ in 0..OPS {
+            *std_lock.lock().expect("lock") += 1;
+        }
+    });
+    let async_lock = async_lock::Mutex::new(0u64);
+    let async_one = ns_per(OPS, || {
+        futures_lite::future::block_on(async {
+            for _ in 0..OPS {
+                *async_lock.lock().await += 1;
+            }
+        });
+    });
+    let two = |f: &(dyn Fn() + Sync)| {
+        ns_per(OPS, || {
+            std::thread::scope(|s| {
+                s.spawn(f);
+                s.spawn(f);
+            });
+        })
+    };
+    let std_two = two(&|| {
+        for _ in 0..OPS / 2 {
+            *std_lock.lock().expect("lock") += 1;
+        }
+    });
+    let async_two = two(&|| {
+        futures_lite::future::block_on(async {
+            for _ in 0..OPS / 2 {
+                *async_lock.lock().await += 1;
+            }
+        });
+    });
+    // The actor: inputs through a channel to the owner, answers back.
+    let (tx, rx) = async_channel::bounded::<(u64, async_channel::Sender<u64>)>(64);
+    let owner = std::thread::spawn(move || {
+        futures_lite::future::block_on(async {
+            let mut state = 0u64;
+            while let Ok((x, reply)) = rx.recv().await {
+                state += x;
+                let _ = reply.send(state).await;
+            }
+        });
+    });
+    let actor_ops = OPS / 10;
+    let actor = ns_per(actor_ops, || {
+        futures_lite::future::block_on(async {
+            let (reply_tx, reply_rx) = async_channel::bounded(1);
+            for _ in 0..actor_ops {
+                tx.send((1, reply_tx.clone())).await.expect("owner");
+                reply_rx.recv().await.expect("reply");
+            }
+        });
+    });
+    drop(tx);
+    owner.join().expect("owner");
+    println!(
+        "primitives: one input, uncontended: std::sync::Mutex {std_one:.1} ns, async_lock::Mutex {async_one:.1} ns; \
+         two threads: std {std_two:.1} ns, async_lock {async_two:.1} ns per input; \
+         sent to an owner thread over async-channel and answered: {actor:.0} ns per input"
+    );
+}
+
+criterion_group!(
+    benches,
+    bench_primitives,
+    bench_latency,
+    bench_e2e,
+    bench_scaling
+);
 criterion_main!(benches);
