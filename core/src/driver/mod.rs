@@ -107,7 +107,7 @@ pub trait Runtime: Send + Sync + Sized + 'static {
 
 /// How many tasks a manager has spawned (preparations, upstreams and its timer)
 /// and how many have finished. A task has finished when its future was dropped:
-/// it completed, or it was aborted.
+/// it completed, or the driver stopped it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct TaskCounts {
     /// Tasks spawned.

@@ -14,6 +14,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use event_listener::{Event, EventListener};
 
+/// A waiter's registration with a [`Signal`], kept between polls.
+#[derive(Debug, Default)]
+pub(crate) struct Listener {
+    registered: Option<EventListener>,
+    /// `registered` completed (it must not be polled again).
+    fired: bool,
+}
+
 /// A flag and the tasks waiting for it.
 #[derive(Debug, Default)]
 pub(crate) struct Signal {
@@ -44,26 +52,27 @@ impl Signal {
     }
 
     /// Polls until the flag is set, then clears it (a reader's wake: once per
-    /// `Wake`). `listener` keeps the registration between polls.
-    pub(crate) fn poll_take(
-        &self,
-        listener: &mut Option<EventListener>,
-        cx: &mut Context<'_>,
-    ) -> Poll<()> {
+    /// `Wake`). `listener` keeps the registration between polls, and a fired
+    /// one until the next wait: `event-listener` wakes the task while it holds
+    /// the event's lock, so dropping the fired listener at once (which takes
+    /// that lock) would contend with the notifier; later it does not.
+    pub(crate) fn poll_take(&self, listener: &mut Listener, cx: &mut Context<'_>) -> Poll<()> {
         loop {
             if self.take() {
-                *listener = None;
                 return Poll::Ready(());
             }
-            match listener {
-                Some(l) => {
+            match &mut listener.registered {
+                Some(l) if !listener.fired => {
                     if Pin::new(l).poll(cx).is_pending() {
                         return Poll::Pending;
                     }
-                    *listener = None;
+                    listener.fired = true;
                 }
                 // Registered before the flag is checked again above.
-                None => *listener = Some(self.event.listen()),
+                _ => {
+                    listener.registered = Some(self.event.listen());
+                    listener.fired = false;
+                }
             }
         }
     }

@@ -4,11 +4,10 @@ use core::pin::Pin;
 use core::task::{Context, Poll};
 use std::sync::Arc;
 
-use event_listener::EventListener;
 use futures_core::Stream;
 
 use super::shared::Shared;
-use super::signal::Signal;
+use super::signal::{Listener, Signal};
 use super::Runtime;
 use crate::{Item, RequestId};
 
@@ -54,7 +53,7 @@ pub struct ResultStream {
     source: Arc<dyn Source>,
     signal: Arc<Signal>,
     /// Registered with `signal` while parked and waiting.
-    listener: Option<EventListener>,
+    listener: Listener,
     /// Items read and not handed out yet: `ready[next..]`.
     ready: Vec<Item>,
     next: usize,
@@ -71,7 +70,7 @@ impl ResultStream {
             request,
             source,
             signal,
-            listener: None,
+            listener: Listener::default(),
             ready: Vec::new(),
             next: 0,
             parked: false,
