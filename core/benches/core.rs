@@ -2,6 +2,7 @@
 //!
 //! - `mixed`: inputs per second on a realistic mix of every input kind;
 //! - `fanout/N`: one chunk reaching N parked readers (chunk + N wakes + N reads);
+//!   `fanout/borrowed/N`: the same with `Machine::read_borrowed`;
 //! - `cache_hit`: submit, attach, read to the end, detach for a cached key;
 //! - `deadlines_1m`: arm/disarm and timeout handling with ~2,000,000 pending
 //!   deadlines (1,000,000 queued requests, each with its own flight);
@@ -292,17 +293,44 @@ fn fanout_once(m: &mut Machine, f: FlightId, now: Time, chunk: &Bytes, out: &mut
     }
 }
 
+/// The same with the borrowing read: each reader is lent the new chunk and
+/// looks at its bytes (no reference count, no owned item).
+fn fanout_borrowed_once(m: &mut Machine, f: FlightId, now: Time, chunk: &Bytes) {
+    m.handle_chunk(now, f, chunk.clone()).expect("streaming");
+    while let Some(a) = m.poll_action() {
+        if let Action::Wake { request } = a {
+            if let Ok(lent) = m.read_borrowed(request) {
+                for c in lent.chunks {
+                    black_box(c.as_ref());
+                }
+            }
+        }
+    }
+}
+
 fn bench_fanout(c: &mut Criterion) {
     let mut g = c.benchmark_group("fanout");
     g.sample_size(20)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
     let chunk = Bytes::from_static(CHUNK);
-    for n in [1usize, 100, 10_000] {
+    for (borrowed, n) in [
+        (false, 1usize),
+        (false, 100),
+        (false, 10_000),
+        (true, 1),
+        (true, 100),
+        (true, 10_000),
+    ] {
         // Chunks per flight before the log is reset (keeps memory bounded).
         let per_flight = (1_000_000 / n).clamp(16, 10_000);
         g.throughput(Throughput::Elements(n as u64));
-        g.bench_function(BenchmarkId::from_parameter(n), |b| {
+        let id = if borrowed {
+            BenchmarkId::new("borrowed", n)
+        } else {
+            BenchmarkId::from_parameter(n)
+        };
+        g.bench_function(id, |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 let mut left = iters;
@@ -313,7 +341,11 @@ fn bench_fanout(c: &mut Criterion) {
                     let now = Time::from_millis(2);
                     let start = Instant::now();
                     for _ in 0..batch {
-                        fanout_once(&mut m, f, now, &chunk, &mut out);
+                        if borrowed {
+                            fanout_borrowed_once(&mut m, f, now, &chunk);
+                        } else {
+                            fanout_once(&mut m, f, now, &chunk, &mut out);
+                        }
                     }
                     total += start.elapsed();
                     left -= batch;

@@ -121,7 +121,7 @@ pub use error::{RequestError, StaleFlight, SubmitError};
 pub use id::{FlightId, RequestId};
 pub use input::{Input, Reply};
 pub use key::Key;
-pub use machine::{InvariantViolation, Machine};
+pub use machine::{Borrowed, InvariantViolation, Machine};
 pub use outcome::{Failure, Item, Outcome, Phase, Prepared, Work};
 pub use stats::{Stats, Totals};
 pub use status::{Readiness, RequestState, RequestStatus, Route, Submission};

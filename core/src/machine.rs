@@ -28,11 +28,14 @@
 //! `shutdown`), and observation in `machine/observe.rs` (`status`, `stats`,
 //! `check_invariants`).
 
+mod batch;
 mod observe;
 #[cfg(test)]
 mod tests;
 mod time;
 mod work;
+
+pub use batch::Borrowed;
 
 use std::collections::VecDeque;
 

@@ -52,7 +52,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use flightdeck_core::driver::{BoxFuture, Runtime};
-use smol::{Executor, Task, Timer};
+use smol::{Executor, Timer};
 
 pub use flightdeck_core::driver::{
     self, Placement, Preparation, Preparer, ResultStream, TaskCounts, Upstream,
@@ -97,26 +97,17 @@ impl SmolRuntime {
 }
 
 impl Runtime for SmolRuntime {
-    type Handle = Task<()>;
-
     /// smol's global executor ([`SmolRuntime::global`]).
     fn current() -> Self {
         Self::global()
     }
 
-    fn spawn(&self, task: BoxFuture<()>) -> Task<()> {
+    fn spawn(&self, task: BoxFuture<()>) {
+        // A smol task is cancelled when dropped: detach it.
         match &self.executor {
-            Some(executor) => executor.spawn(task),
-            None => smol::spawn(task),
+            Some(executor) => executor.spawn(task).detach(),
+            None => smol::spawn(task).detach(),
         }
-    }
-
-    fn abort(&self, task: Task<()>) {
-        drop(task); // dropping a smol task cancels it
-    }
-
-    fn detach(&self, task: Task<()>) {
-        task.detach();
     }
 
     fn now(&self) -> Time {

@@ -55,7 +55,6 @@ use std::future::pending;
 
 use flightdeck_core::driver::{BoxFuture, Runtime};
 use tokio::runtime::Handle;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 pub use flightdeck_core::driver::{
@@ -90,8 +89,6 @@ impl TokioRuntime {
 }
 
 impl Runtime for TokioRuntime {
-    type Handle = JoinHandle<()>;
-
     /// The runtime of the calling context.
     ///
     /// # Panics
@@ -100,16 +97,9 @@ impl Runtime for TokioRuntime {
         Self::with_handle(Handle::current())
     }
 
-    fn spawn(&self, task: BoxFuture<()>) -> JoinHandle<()> {
-        self.handle.spawn(task)
-    }
-
-    fn abort(&self, task: JoinHandle<()>) {
-        task.abort();
-    }
-
-    fn detach(&self, task: JoinHandle<()>) {
-        drop(task);
+    fn spawn(&self, task: BoxFuture<()>) {
+        // Dropping a tokio `JoinHandle` detaches the task.
+        drop(self.handle.spawn(task));
     }
 
     fn now(&self) -> Time {

@@ -9,13 +9,19 @@
 //! flightdeck run uses a fresh `Manager` (`submit_and_stream`, then `next_item`
 //! to the end).
 //!
-//! Baseline: `tokio::sync::Semaphore` for the two limits, a
+//! Baselines: `tokio::sync::Semaphore` for the two limits, a
 //! `Mutex<HashMap<key, broadcast::Sender>>` for coalescing, one spawned task per
-//! flight, clients reading a `broadcast::Receiver` of capacity [`BROADCAST_CAPACITY`].
-//! It loses chunks two ways, both counted and printed: `RecvError::Lagged`, and a
-//! joiner that subscribes after the flight started streaming never sees the chunks
-//! sent before (no replay). flightdeck must lose none: every one of its clients is
-//! checked to have received all 100 chunks and `Completed`.
+//! flight, clients reading a `broadcast::Receiver`. Two capacities, same code:
+//! the *lossy* one ([`BROADCAST_CAPACITY`], what a team picks) and the *lossless*
+//! one ([`LOSSLESS_CAPACITY`]: a whole answer and its end fit, so no reader
+//! lags). They lose chunks two ways, both counted and printed: `RecvError::Lagged`,
+//! and a joiner that subscribes after the flight started streaming never sees the
+//! chunks sent before (no replay). flightdeck must lose none: every one of its
+//! clients is checked to have received all 100 chunks and `Completed`.
+//!
+//! The scaling table (`scaling: ...` lines) times the same workload at 1k, 10k
+//! and 100k requests with 1, 100 and 10,000 readers per flight
+//! (`E2E_SKIP_SCALING=1` skips it).
 //!
 //! Timings are measured, never asserted.
 #![allow(missing_docs)]
@@ -38,13 +44,27 @@ use tokio::sync::{broadcast, Semaphore};
 
 const REQUESTS: usize = 10_000;
 const KEYS: usize = 1_000;
+/// The main workload: 10,000 requests over 1,000 keys.
+const MAIN: Workload = Workload {
+    requests: REQUESTS,
+    keys: KEYS,
+};
 const CHUNKS: usize = 100;
 const PREPARATIONS: usize = 10;
 const STREAMS: usize = 5;
 /// Baseline broadcast channel capacity: a common "generous" choice for token
 /// streams (tokio's docs use 16; 64 is what a team would pick after seeing lag).
 const BROADCAST_CAPACITY: usize = 64;
+/// Lossless baseline capacity: every chunk of an answer and its end fit.
+const LOSSLESS_CAPACITY: usize = CHUNKS + 1;
 const CHUNK: &[u8] = b"a token of some twenty bytes";
+
+/// How many requests, over how many keys (request i has key i % keys).
+#[derive(Clone, Copy, Debug)]
+struct Workload {
+    requests: usize,
+    keys: usize,
+}
 
 type BoxFut = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 type Upstream = Pin<Box<dyn Stream<Item = Bytes> + Send + 'static>>;
@@ -155,8 +175,12 @@ impl Drop for SmolPool {
 }
 
 fn e2e_config() -> Config {
+    workload_config(MAIN)
+}
+
+fn workload_config(w: Workload) -> Config {
     Config {
-        queue_capacity: KEYS + 16,
+        queue_capacity: w.keys + 16,
         max_concurrent_requests: PREPARATIONS,
         max_concurrent_streams: STREAMS,
         ..Config::default()
@@ -188,7 +212,12 @@ async fn adapter_client(mut s: flightdeck_tokio::ResultStream) -> Tally {
         match item {
             Item::Chunk(_) => t.chunks += 1,
             Item::End(Outcome::Completed) => t.completed += 1,
-            Item::End(_) => {}
+            Item::End(other) => {
+                eprintln!(
+                    "flightdeck client ended with {other:?} after {} chunks",
+                    t.chunks
+                );
+            }
         }
     }
     t
@@ -198,17 +227,19 @@ async fn adapter_client(mut s: flightdeck_tokio::ResultStream) -> Tally {
 async fn adapter_run<R: Rt>(
     rt: R,
     submit: Arc<dyn Fn(Key) -> flightdeck_tokio::ResultStream + Send + Sync>,
+    w: Workload,
 ) -> Tally {
     let tally = Arc::new(Mutex::new(Tally::default()));
     let (done_tx, done_rx) = smol::channel::bounded::<()>(1);
-    let left = Arc::new(AtomicU64::new(REQUESTS as u64));
-    for i in 0..REQUESTS {
+    let left = Arc::new(AtomicU64::new(w.requests as u64));
+    let keys = w.keys;
+    for i in 0..w.requests {
         let submit = submit.clone();
         let tally = tally.clone();
         let left = left.clone();
         let done = done_tx.clone();
         R::forget(rt.spawn(Box::pin(async move {
-            let s = submit(Key::from((i % KEYS) as u64));
+            let s = submit(Key::from((i % keys) as u64));
             let t = adapter_client(s).await;
             tally.lock().expect("lock").add(t);
             if left.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -223,10 +254,11 @@ async fn adapter_run<R: Rt>(
 
 fn tokio_adapter(
     rt: &tokio::runtime::Runtime,
+    w: Workload,
 ) -> Arc<dyn Fn(Key) -> flightdeck_tokio::ResultStream + Send + Sync> {
     let m: flightdeck_tokio::Manager<()> = flightdeck_tokio::Manager::with_runtime(
         flightdeck_tokio::TokioRuntime::with_handle(rt.handle().clone()),
-        e2e_config(),
+        workload_config(w),
         adapter_prepare,
         adapter_upstream,
     )
@@ -236,10 +268,11 @@ fn tokio_adapter(
 
 fn smol_adapter(
     ex: &Arc<smol::Executor<'static>>,
+    w: Workload,
 ) -> Arc<dyn Fn(Key) -> flightdeck_tokio::ResultStream + Send + Sync> {
     let m: flightdeck_smol::Manager<()> = flightdeck_smol::Manager::with_runtime(
         flightdeck_smol::SmolRuntime::with_executor(ex.clone()),
-        e2e_config(),
+        workload_config(w),
         adapter_prepare,
         adapter_upstream,
     )
@@ -257,6 +290,7 @@ enum Msg {
 
 struct Baseline<R: Rt> {
     rt: R,
+    capacity: usize,
     prep: Arc<Semaphore>,
     stream: Arc<Semaphore>,
     inflight: Mutex<HashMap<u64, broadcast::Sender<Msg>>>,
@@ -268,7 +302,7 @@ impl<R: Rt> Baseline<R> {
         if let Some(tx) = map.get(&key) {
             return tx.subscribe();
         }
-        let (tx, rx) = broadcast::channel(BROADCAST_CAPACITY);
+        let (tx, rx) = broadcast::channel(self.capacity);
         map.insert(key, tx.clone());
         drop(map);
         let this = self.clone();
@@ -308,23 +342,25 @@ async fn baseline_read(mut rx: broadcast::Receiver<Msg>) -> Tally {
     t
 }
 
-async fn baseline_run<R: Rt>(rt: R) -> Tally {
+async fn baseline_run<R: Rt>(rt: R, w: Workload, capacity: usize) -> Tally {
     let b = Arc::new(Baseline {
         rt: rt.clone(),
+        capacity,
         prep: Arc::new(Semaphore::new(PREPARATIONS)),
         stream: Arc::new(Semaphore::new(STREAMS)),
         inflight: Mutex::new(HashMap::new()),
     });
     let tally = Arc::new(Mutex::new(Tally::default()));
     let (done_tx, done_rx) = smol::channel::bounded::<()>(1);
-    let left = Arc::new(AtomicU64::new(REQUESTS as u64));
-    for i in 0..REQUESTS {
+    let left = Arc::new(AtomicU64::new(w.requests as u64));
+    let keys = w.keys;
+    for i in 0..w.requests {
         let b = b.clone();
         let tally = tally.clone();
         let left = left.clone();
         let done = done_tx.clone();
         R::forget(rt.spawn(Box::pin(async move {
-            let rx = b.subscribe((i % KEYS) as u64);
+            let rx = b.subscribe((i % keys) as u64);
             let t = baseline_read(rx).await;
             tally.lock().expect("lock").add(t);
             if left.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -368,24 +404,27 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-/// Interleaved timing of both systems in one run: the ratio printed is what
-/// BENCHMARKS.md reports (criterion's two medians are printed beside it).
-fn interleaved<A, B>(label: &str, runs: usize, mut fd: A, mut base: B)
+/// Interleaved timing of flightdeck and both baselines in one run: the ratios
+/// printed are what BENCHMARKS.md reports (criterion's medians are printed beside
+/// them).
+fn interleaved<A, B, C>(label: &str, runs: usize, mut fd: A, mut lossy: B, mut lossless: C)
 where
     A: FnMut() -> Tally,
     B: FnMut() -> Tally,
+    C: FnMut() -> Tally,
 {
-    let mut a = Vec::new();
-    let mut b = Vec::new();
-    let mut lost = Tally::default();
+    let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut lost_b, mut lost_c) = (Tally::default(), Tally::default());
     for _ in 0..runs {
         let s = Instant::now();
         check_flightdeck(fd());
         a.push(s.elapsed());
         let s = Instant::now();
-        let t = base();
+        lost_b.add(lossy());
         b.push(s.elapsed());
-        lost.add(t);
+        let s = Instant::now();
+        lost_c.add(lossless());
+        c.push(s.elapsed());
     }
     let range = |v: &[Duration]| {
         let lo = v.iter().min().copied().unwrap_or_default();
@@ -393,21 +432,25 @@ where
         format!("{lo:.1?}..{hi:.1?}")
     };
     println!(
-        "{label}: run times flightdeck {}, baseline {}",
+        "{label}: run times flightdeck {}, lossy baseline {}, lossless baseline {}",
         range(&a),
-        range(&b)
+        range(&b),
+        range(&c)
     );
-    let (ma, mb) = (median(a), median(b));
+    let (ma, mb, mc) = (median(a), median(b), median(c));
     println!(
-        "{label}: interleaved medians over {runs} runs each: flightdeck {ma:?}, baseline {mb:?}, ratio flightdeck/baseline = {:.3}",
-        ma.as_secs_f64() / mb.as_secs_f64()
+        "{label}: interleaved medians over {runs} runs each: flightdeck {ma:?}, lossy baseline {mb:?}, lossless baseline {mc:?}; ratio flightdeck/lossy = {:.3}, flightdeck/lossless = {:.3}",
+        ma.as_secs_f64() / mb.as_secs_f64(),
+        ma.as_secs_f64() / mc.as_secs_f64()
     );
     let per_run = (REQUESTS * CHUNKS) as u64;
-    println!(
-        "{label}: baseline lost on average {:.0} of {per_run} chunks per run ({:.0} to Lagged)",
-        (per_run * runs as u64 - lost.chunks) as f64 / runs as f64,
-        lost.lagged as f64 / runs as f64
-    );
+    for (name, lost) in [("lossy", lost_b), ("lossless", lost_c)] {
+        println!(
+            "{label}: {name} baseline lost on average {:.0} of {per_run} chunks per run ({:.0} to Lagged)",
+            (per_run * runs as u64 - lost.chunks) as f64 / runs as f64,
+            lost.lagged as f64 / runs as f64
+        );
+    }
 }
 
 fn bench_e2e(c: &mut Criterion) {
@@ -415,23 +458,33 @@ fn bench_e2e(c: &mut Criterion) {
     let trt = TokioRt(rt.handle().clone());
     let pool = SmolPool::new();
     let srt = SmolRt(pool.ex.clone());
-    let tokio_fd = || rt.block_on(adapter_run(trt.clone(), tokio_adapter(&rt)));
-    let tokio_base = || rt.block_on(baseline_run(trt.clone()));
-    let smol_fd = || pool.block_on(adapter_run(srt.clone(), smol_adapter(&pool.ex)));
-    let smol_base = || pool.block_on(baseline_run(srt.clone()));
+    let tokio_fd = || rt.block_on(adapter_run(trt.clone(), tokio_adapter(&rt, MAIN), MAIN));
+    let tokio_base = || rt.block_on(baseline_run(trt.clone(), MAIN, BROADCAST_CAPACITY));
+    let tokio_lossless = || rt.block_on(baseline_run(trt.clone(), MAIN, LOSSLESS_CAPACITY));
+    let smol_fd = || pool.block_on(adapter_run(srt.clone(), smol_adapter(&pool.ex, MAIN), MAIN));
+    let smol_base = || pool.block_on(baseline_run(srt.clone(), MAIN, BROADCAST_CAPACITY));
+    let smol_lossless = || pool.block_on(baseline_run(srt.clone(), MAIN, LOSSLESS_CAPACITY));
 
-    // Correctness first (not timing): flightdeck loses nothing, the baseline loses.
+    // Correctness first (not timing): flightdeck loses nothing, the baselines lose.
     let t = tokio_fd();
     report("flightdeck-tokio", t);
     check_flightdeck(t);
-    report("baseline/tokio", tokio_base());
+    report("baseline/tokio (lossy)", tokio_base());
+    report("baseline/tokio (lossless)", tokio_lossless());
     let t = smol_fd();
     report("flightdeck-smol", t);
     check_flightdeck(t);
-    report("baseline/smol", smol_base());
+    report("baseline/smol (lossy)", smol_base());
+    report("baseline/smol (lossless)", smol_lossless());
 
-    interleaved("tokio", INTERLEAVED_RUNS, tokio_fd, tokio_base);
-    interleaved("smol", INTERLEAVED_RUNS, smol_fd, smol_base);
+    interleaved(
+        "tokio",
+        INTERLEAVED_RUNS,
+        tokio_fd,
+        tokio_base,
+        tokio_lossless,
+    );
+    interleaved("smol", INTERLEAVED_RUNS, smol_fd, smol_base, smol_lossless);
 
     let mut g = c.benchmark_group("e2e");
     g.sample_size(10)
@@ -439,9 +492,90 @@ fn bench_e2e(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(4));
     g.bench_function("flightdeck_tokio", |b| b.iter(tokio_fd));
     g.bench_function("baseline_tokio", |b| b.iter(tokio_base));
+    g.bench_function("baseline_lossless_tokio", |b| b.iter(tokio_lossless));
     g.bench_function("flightdeck_smol", |b| b.iter(smol_fd));
     g.bench_function("baseline_smol", |b| b.iter(smol_base));
+    g.bench_function("baseline_lossless_smol", |b| b.iter(smol_lossless));
     g.finish();
+}
+
+// ----- scaling -----------------------------------------------------------------
+
+/// Median of `runs` timed calls.
+/// With `check`, every one of `w.requests` clients must have read all chunks
+/// and `Completed` (flightdeck's promise).
+fn timed_median(runs: usize, mut f: impl FnMut() -> Tally, check: Option<Workload>) -> Duration {
+    let mut v = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let s = Instant::now();
+        let t = f();
+        v.push(s.elapsed());
+        if let Some(w) = check {
+            assert_eq!(
+                t.chunks,
+                (w.requests * CHUNKS) as u64,
+                "flightdeck lost chunks"
+            );
+            assert_eq!(
+                t.completed, w.requests as u64,
+                "flightdeck clients not completed"
+            );
+        }
+    }
+    median(v)
+}
+
+/// End-to-end time at 1k, 10k and 100k requests with 1, 100 and 10,000 readers
+/// per flight (keys = requests / readers), flightdeck on both runtimes beside
+/// the lossless baseline. 1k requests cannot have 10,000 readers per flight:
+/// that cell is skipped. Three runs per cell (one at 100k requests).
+fn bench_scaling(_c: &mut Criterion) {
+    if std::env::var_os("E2E_SKIP_SCALING").is_some() {
+        return;
+    }
+    let rt = tokio_runtime();
+    let trt = TokioRt(rt.handle().clone());
+    let pool = SmolPool::new();
+    let srt = SmolRt(pool.ex.clone());
+    println!("scaling: requests x readers per flight -> median end-to-end time (100 chunks per answer); ratio = flightdeck / lossless baseline");
+    for requests in [1_000usize, 10_000, 100_000] {
+        for readers in [1usize, 100, 10_000] {
+            if readers > requests {
+                continue;
+            }
+            let w = Workload {
+                requests,
+                keys: requests / readers,
+            };
+            let runs = if requests >= 100_000 { 1 } else { 3 };
+            let ft = timed_median(
+                runs,
+                || rt.block_on(adapter_run(trt.clone(), tokio_adapter(&rt, w), w)),
+                Some(w),
+            );
+            let bt = timed_median(
+                runs,
+                || rt.block_on(baseline_run(trt.clone(), w, LOSSLESS_CAPACITY)),
+                None,
+            );
+            let fs = timed_median(
+                runs,
+                || pool.block_on(adapter_run(srt.clone(), smol_adapter(&pool.ex, w), w)),
+                Some(w),
+            );
+            let bs = timed_median(
+                runs,
+                || pool.block_on(baseline_run(srt.clone(), w, LOSSLESS_CAPACITY)),
+                None,
+            );
+            println!(
+                "scaling: {requests} requests x {readers} readers/flight ({} flights, {runs} runs): tokio flightdeck {ft:.1?} lossless {bt:.1?} ratio {:.2}; smol flightdeck {fs:.1?} lossless {bs:.1?} ratio {:.2}",
+                w.keys,
+                ft.as_secs_f64() / bt.as_secs_f64(),
+                fs.as_secs_f64() / bs.as_secs_f64(),
+            );
+        }
+    }
 }
 
 /// Runs per system for the interleaved ratio.
@@ -594,5 +728,91 @@ fn bench_latency(_c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, bench_latency, bench_e2e);
+// ----- the card's primitives ---------------------------------------------------
+
+/// Nanoseconds per operation of `f` run `ops` times.
+fn ns_per(ops: u64, f: impl FnOnce()) -> f64 {
+    let start = Instant::now();
+    f();
+    start.elapsed().as_nanos() as f64 / ops as f64
+}
+
+/// What decided against `async-lock` and `async-channel` for the machine (see
+/// the driver's module docs): the cost of one input under `std::sync::Mutex`
+/// (what the driver does), under `async_lock::Mutex`, and sent as a message to
+/// a thread that owns the state and answers (an actor on `async-channel`),
+/// uncontended and from two threads.
+fn bench_primitives(_c: &mut Criterion) {
+    const OPS: u64 = 1_000_000;
+    let std_lock = std::sync::Mutex::new(0u64);
+    let std_one = ns_per(OPS, || {
+        for _ in 0..OPS {
+            *std_lock.lock().expect("lock") += 1;
+        }
+    });
+    let async_lock = async_lock::Mutex::new(0u64);
+    let async_one = ns_per(OPS, || {
+        futures_lite::future::block_on(async {
+            for _ in 0..OPS {
+                *async_lock.lock().await += 1;
+            }
+        });
+    });
+    let two = |f: &(dyn Fn() + Sync)| {
+        ns_per(OPS, || {
+            std::thread::scope(|s| {
+                s.spawn(f);
+                s.spawn(f);
+            });
+        })
+    };
+    let std_two = two(&|| {
+        for _ in 0..OPS / 2 {
+            *std_lock.lock().expect("lock") += 1;
+        }
+    });
+    let async_two = two(&|| {
+        futures_lite::future::block_on(async {
+            for _ in 0..OPS / 2 {
+                *async_lock.lock().await += 1;
+            }
+        });
+    });
+    // The actor: inputs through a channel to the owner, answers back.
+    let (tx, rx) = async_channel::bounded::<(u64, async_channel::Sender<u64>)>(64);
+    let owner = std::thread::spawn(move || {
+        futures_lite::future::block_on(async {
+            let mut state = 0u64;
+            while let Ok((x, reply)) = rx.recv().await {
+                state += x;
+                let _ = reply.send(state).await;
+            }
+        });
+    });
+    let actor_ops = OPS / 10;
+    let actor = ns_per(actor_ops, || {
+        futures_lite::future::block_on(async {
+            let (reply_tx, reply_rx) = async_channel::bounded(1);
+            for _ in 0..actor_ops {
+                tx.send((1, reply_tx.clone())).await.expect("owner");
+                reply_rx.recv().await.expect("reply");
+            }
+        });
+    });
+    drop(tx);
+    owner.join().expect("owner");
+    println!(
+        "primitives: one input, uncontended: std::sync::Mutex {std_one:.1} ns, async_lock::Mutex {async_one:.1} ns; \
+         two threads: std {std_two:.1} ns, async_lock {async_two:.1} ns per input; \
+         sent to an owner thread over async-channel and answered: {actor:.0} ns per input"
+    );
+}
+
+criterion_group!(
+    benches,
+    bench_primitives,
+    bench_latency,
+    bench_e2e,
+    bench_scaling
+);
 criterion_main!(benches);

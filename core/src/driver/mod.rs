@@ -1,16 +1,15 @@
 //! The runtime-independent half of the adapters (feature `driver`).
 //!
 //! `flightdeck-tokio` and `flightdeck-smol` are this module plus a [`Runtime`]:
-//! a way to spawn a future and abort it, a clock, and a sleep. Everything else
-//! lives here, once:
+//! spawn a detached task, a clock, and a sleep. Everything else lives here, once:
 //!
 //! - a [`Manager`] holds the [`Machine`] behind a mutex, together with what the
 //!   adapter keeps per flight (the payload until preparation starts, the prepared
-//!   value until the stream starts, the running task), dropped on
+//!   value until the stream starts, the running task's stop signal), dropped on
 //!   [`Action::FlightEnded`](crate::Action::FlightEnded);
 //! - after every input it carries out the machine's actions in order and decides
 //!   nothing: it spawns the user's [`Preparer`] and [`Upstream`] futures, reports
-//!   their results back, aborts them when told, wakes readers;
+//!   their results back, stops them when told, wakes readers;
 //! - one timer task sleeps until the machine's next deadline
 //!   ([`Machine::poll_timeout`]) and is re-armed only when that deadline moves
 //!   earlier (a deadline moving later costs one harmless early wake-up);
@@ -23,8 +22,49 @@
 //!   ([`Manager::tasks`]), and [`Manager::shutdown`] waits for all of them.
 //!
 //! The core's default build has none of this and no async dependency.
+//!
+//! # Concurrency
+//!
+//! The machine is single-threaded by design: it takes one input at a time and
+//! decides everything within it. The driver keeps it that way with one owner:
+//!
+//! - **Who owns the machine.** The manager's `Shared` state holds the machine
+//!   and the per-flight data in one `std::sync::Mutex`. Every input (submit,
+//!   attach, cancel, detach, a preparation's result, a batch of chunks, an
+//!   upstream's end, a timeout, shutdown) goes through one function,
+//!   `Shared::with`, which takes the lock, stamps the time, applies the input,
+//!   drains the machine's actions, and releases the lock. A result stream's
+//!   read also takes the lock (it moves the reader's cursor and parks it, which
+//!   are the machine's decisions) but skips the clock and the dispatch. Nothing
+//!   under the lock awaits, allocates a task, or runs user code: the lock is
+//!   held for the machine's own O(1)-to-O(log n) work per input.
+//! - **Who may touch the log.** Only the machine: the upstream task appends
+//!   through `handle_chunk`, a reader copies (clones `Bytes` handles) through
+//!   `read`, both under the lock. The driver keeps no copy of the log.
+//! - **What happens outside the lock.** Everything that is not the machine's
+//!   state: polling the user's upstream and preparation, dropping the user's
+//!   payloads and prepared values, notifying the tasks the machine woke or
+//!   stopped, handing items from a stream's buffer to its client.
+//! - **How tasks learn what the machine decided.** Through a `Signal`
+//!   each: a flag set under the lock where the machine decided, and an
+//!   `event-listener` [`Event`](event_listener::Event) notified after the lock
+//!   is released. A result stream waits on its signal and takes the lock only
+//!   once the machine's `Wake` set it. A preparation or upstream task is raced
+//!   against its stop signal, so the machine's `Abort` drops the user's future
+//!   at the task's next poll without any task handle; the upstream also checks
+//!   the flag before every pull, and ends a batch of ready chunks before it
+//!   would cross `max_response_bytes`, so it never pulls more than one chunk the
+//!   core refuses. The timer and [`Manager::shutdown`] wait on events too.
+//! - **Why no `async-lock` and no `async-channel`.** An async lock is for a lock
+//!   held across an await; this one never is, and the manager's methods are
+//!   synchronous (`submit`, `cancel`, `status` return at once, with the
+//!   machine's answer), so they could not await an async lock anyway. A queue
+//!   of inputs to a task that owns the machine would make those methods wait
+//!   for that task and add a task hop to every chunk on its way to the machine.
+//!   BENCHMARKS.md gives the measurements.
 
 mod shared;
+mod signal;
 mod stream;
 mod user;
 
@@ -34,34 +74,28 @@ pub use stream::ResultStream;
 pub use user::{BoxFuture, Preparation, Preparer, Upstream};
 
 use shared::Shared;
-use stream::Signal;
+use signal::Signal;
 
 use crate::{
     Config, ConfigError, InvariantViolation, Key, Machine, RequestError, RequestId, RequestStatus,
     Route, Stats, SubmitError, Time,
 };
 
-/// What a manager needs from an async runtime. `flightdeck-tokio` and
+/// What a manager needs from an async runtime: spawn a detached task, a clock,
+/// a timer (as small as quinn's `Runtime`). `flightdeck-tokio` and
 /// `flightdeck-smol` implement it; nothing else is runtime-specific.
+///
+/// The driver never aborts a task through the runtime: it stops the user's work
+/// itself (see the [module docs](self)), so a runtime needs no task handles.
 pub trait Runtime: Send + Sync + Sized + 'static {
-    /// A spawned task, to abort or to let run.
-    type Handle: Send + 'static;
-
     /// The runtime of the calling context, with its clock started now.
     ///
     /// # Panics
     /// May panic when called outside the runtime (tokio does).
     fn current() -> Self;
 
-    /// Spawns a task.
-    fn spawn(&self, task: BoxFuture<()>) -> Self::Handle;
-
-    /// Stops a task: its future is dropped without being polled again (at once,
-    /// or as soon as the runtime gets to it).
-    fn abort(&self, task: Self::Handle);
-
-    /// Lets a task run to completion without holding its handle.
-    fn detach(&self, task: Self::Handle);
+    /// Spawns a task and lets it run to completion (detached).
+    fn spawn(&self, task: BoxFuture<()>);
 
     /// The current time: nanoseconds since this runtime value was created (the
     /// manager's start). Never goes backwards.
@@ -73,7 +107,7 @@ pub trait Runtime: Send + Sync + Sized + 'static {
 
 /// How many tasks a manager has spawned (preparations, upstreams and its timer)
 /// and how many have finished. A task has finished when its future was dropped:
-/// it completed, or it was aborted.
+/// it completed, or the driver stopped it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct TaskCounts {
     /// Tasks spawned.
@@ -238,13 +272,19 @@ impl<P: Send + 'static, R: Runtime> Manager<P, R> {
                         }
                         _ => Some(payload),
                     };
-                    let placement = Placement {
-                        id: submission.request,
-                        route: submission.route,
-                        queue_position: g
+                    // `status` counts the flights ahead in the queue: O(queue
+                    // length), under the lock. Only `submit` reports it.
+                    let queue_position = match attach {
+                        None => g
                             .machine
                             .status(submission.request)
                             .and_then(|status| status.queue_position),
+                        Some(_) => None,
+                    };
+                    let placement = Placement {
+                        id: submission.request,
+                        route: submission.route,
+                        queue_position,
                     };
                     let attached = match attach {
                         Some(signal) if g.machine.attach(now, submission.request).is_ok() => {

@@ -1,66 +1,67 @@
 //! The one place where the machine meets real tasks: the lock around the machine
 //! and the adapter's per-flight data, the action dispatch, the user's tasks (with
-//! panic catching), the timer task, and the task accounting.
+//! panic catching and stop signals), the timer task, and the task accounting.
+//! See the [module docs](super) for who may touch what.
 
-use core::future::{poll_fn, Future};
+use core::future::Future;
 use core::panic::AssertUnwindSafe;
-use core::task::{Poll, Waker};
 use std::any::Any;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use bytes::Bytes;
+use event_listener::Event;
 use futures_lite::future::{poll_once, FutureExt as _};
 use futures_lite::StreamExt as _;
 
-use super::stream::{Read, Signal};
+use super::signal::Signal;
+use super::stream::Read;
 use super::user::{ChunkStream, Opener, PrepareFn};
 use super::{BoxFuture, Runtime, TaskCounts};
 use crate::idmap::IdMap;
 use crate::{Action, Failure, FlightId, Item, Machine, Readiness, RequestId, Time, Work};
 
-/// Chunks an upstream has ready at once are reported under one lock, up to this many.
+/// Chunks an upstream has ready at once are reported under one lock, up to this
+/// many (and never past `max_response_bytes`, nor after a stop).
 const MAX_BATCH: usize = 64;
 
 /// What the adapter holds for one live flight; dropped on `FlightEnded`.
-struct FlightData<P, H> {
+struct FlightData<P> {
     /// The payload of the submit that created the flight, until preparation starts.
     payload: Option<P>,
     /// The prepared value (inside the opener), until the stream starts.
     opener: Option<Opener>,
-    /// The running preparation or upstream task.
-    task: Option<H>,
+    /// The stop signal of the running preparation or upstream task.
+    stop: Option<Arc<Signal>>,
 }
 
-/// The timer task's view: the deadline it sleeps until, and how to wake it.
+/// The timer task's view of the machine's next deadline.
 #[derive(Default)]
 struct TimerState {
     /// What the timer task sleeps until. Never later than the machine's next
     /// deadline: it is lowered at once, and raised only after the timer fires
     /// (a deadline moving later costs at most one early, harmless wake).
     target: Option<Time>,
-    waker: Option<Waker>,
     /// Set by shutdown: the timer task exits.
     closed: bool,
 }
 
-pub(crate) struct State<P, H> {
+/// Everything the manager's lock protects.
+pub(crate) struct State<P> {
     pub(crate) machine: Machine,
-    flights: BTreeMap<FlightId, FlightData<P, H>>,
+    flights: BTreeMap<FlightId, FlightData<P>>,
     /// The wake signal of every attached result stream, until it is dropped.
     readers: IdMap<RequestId, Arc<Signal>>,
     timer: TimerState,
 }
 
-impl<P, H> State<P, H> {
+impl<P> State<P> {
     /// Registers the wake signal of a result stream just attached to `request`.
     pub(crate) fn add_reader(&mut self, request: RequestId, signal: Arc<Signal>) {
         self.readers.insert(request, signal);
     }
-}
 
-impl<P, H> State<P, H> {
     /// Stores the payload of a new flight before its `StartPreparation` is carried out.
     pub(crate) fn store_payload(&mut self, flight: FlightId, payload: P) {
         self.flights.insert(
@@ -68,38 +69,32 @@ impl<P, H> State<P, H> {
             FlightData {
                 payload: Some(payload),
                 opener: None,
-                task: None,
+                stop: None,
             },
         );
     }
 }
 
-/// Work to finish after the lock is released: nothing foreign runs under it.
-struct After<H> {
-    wake: Vec<Waker>,
-    abort: Vec<H>,
-    detach: Vec<H>,
+/// What is done after the lock is released.
+#[derive(Default)]
+struct After {
+    /// Stop signals set under the lock, to notify.
+    stop: Vec<Arc<Signal>>,
+    /// The user's values to drop (their `Drop` may be slow or take locks).
     drop: Vec<Box<dyn Any + Send>>,
+    /// Reader signals set under the lock, to notify.
+    wake: Vec<Arc<Signal>>,
+    /// The timer's target moved earlier.
+    timer: bool,
 }
 
-impl<H> Default for After<H> {
-    fn default() -> Self {
-        After {
-            wake: Vec::new(),
-            abort: Vec::new(),
-            detach: Vec::new(),
-            drop: Vec::new(),
-        }
-    }
-}
-
-/// Counts spawned and finished tasks; a task counts as finished when its future
-/// is dropped (completed or aborted).
+/// Counts spawned and finished tasks, and lets `shutdown` wait for all of them.
 #[derive(Default)]
 pub(crate) struct Tasks {
     spawned: AtomicU64,
     finished: AtomicU64,
-    idle: Mutex<Vec<Waker>>,
+    /// Notified when the last running task finishes.
+    idle: Event,
 }
 
 impl Tasks {
@@ -112,23 +107,17 @@ impl Tasks {
 
     /// Waits until every spawned task has finished.
     pub(crate) async fn all_finished(&self) {
-        poll_fn(|cx| {
+        loop {
             if self.counts().running() == 0 {
-                return Poll::Ready(());
+                return;
             }
-            self.idle_waiters().push(cx.waker().clone());
-            // Re-check: the last task may have finished before the waker was stored.
+            let listener = self.idle.listen();
+            // Re-check: the last task may have finished before the listener existed.
             if self.counts().running() == 0 {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
+                return;
             }
-        })
-        .await;
-    }
-
-    fn idle_waiters(&self) -> MutexGuard<'_, Vec<Waker>> {
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+            listener.await;
+        }
     }
 }
 
@@ -140,10 +129,7 @@ impl Drop for TaskGuard {
         let tasks = &self.0;
         let finished = tasks.finished.fetch_add(1, Ordering::SeqCst) + 1;
         if finished == tasks.spawned.load(Ordering::SeqCst) {
-            let waiters = std::mem::take(&mut *tasks.idle_waiters());
-            for w in waiters {
-                w.wake();
-            }
+            tasks.idle.notify(usize::MAX);
         }
     }
 }
@@ -153,27 +139,34 @@ pub(crate) struct Shared<P, R: Runtime> {
     me: Weak<Self>,
     pub(crate) runtime: R,
     prepare: PrepareFn<P>,
-    state: Mutex<State<P, R::Handle>>,
+    /// The configured response limit, for the upstream's flow control: the
+    /// driver stops pulling once the chunks it holds would be refused.
+    max_response_bytes: u64,
+    state: Mutex<State<P>>,
+    /// Notified when the timer's target moves earlier, or on shutdown.
+    timer_changed: Event,
     pub(crate) tasks: Arc<Tasks>,
 }
 
 impl<P: Send + 'static, R: Runtime> Shared<P, R> {
     pub(crate) fn new(runtime: R, machine: Machine, prepare: PrepareFn<P>) -> Arc<Self> {
+        let max_response_bytes = machine.config().max_response_bytes;
         let shared = Arc::new_cyclic(|me| Shared {
             me: me.clone(),
             runtime,
             prepare,
+            max_response_bytes,
             state: Mutex::new(State {
                 machine,
                 flights: BTreeMap::new(),
                 readers: IdMap::default(),
                 timer: TimerState::default(),
             }),
+            timer_changed: Event::new(),
             tasks: Arc::new(Tasks::default()),
         });
         let timer = Arc::clone(&shared);
-        let handle = shared.spawn(async move { timer.run_timer().await });
-        shared.runtime.detach(handle);
+        shared.spawn(async move { timer.run_timer().await });
         shared
     }
 
@@ -182,15 +175,16 @@ impl<P: Send + 'static, R: Runtime> Shared<P, R> {
         self.me.upgrade().expect("a shared state in use is alive")
     }
 
-    fn lock(&self) -> MutexGuard<'_, State<P, R::Handle>> {
+    fn lock(&self) -> MutexGuard<'_, State<P>> {
         // Nothing foreign runs under the lock, so poisoning cannot leave the
         // machine half-updated; recover rather than propagate.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Runs `f` on the machine at the current time, carries out every action it
-    /// queued, then (unlocked) wakes readers and aborts tasks.
-    pub(crate) fn with<T>(&self, f: impl FnOnce(&mut State<P, R::Handle>, Time) -> T) -> T {
+    /// Every input to the machine but `read` goes through here: runs `f` on the
+    /// machine at the current time, carries out every action it queued, then
+    /// (unlocked) stops tasks, drops the user's values and wakes readers.
+    pub(crate) fn with<T>(&self, f: impl FnOnce(&mut State<P>, Time) -> T) -> T {
         let mut after = After::default();
         let out = {
             let mut g = self.lock();
@@ -199,21 +193,21 @@ impl<P: Send + 'static, R: Runtime> Shared<P, R> {
             self.dispatch(&mut g, now, &mut after);
             out
         };
-        for h in after.abort {
-            self.runtime.abort(h);
-        }
-        for h in after.detach {
-            self.runtime.detach(h);
+        for stop in after.stop {
+            stop.notify();
         }
         drop(after.drop);
-        for w in after.wake {
-            w.wake();
+        for signal in after.wake {
+            signal.notify();
+        }
+        if after.timer {
+            self.timer_changed.notify(1);
         }
         out
     }
 
     /// Carries out the machine's actions, in order, deciding nothing.
-    fn dispatch(&self, g: &mut State<P, R::Handle>, now: Time, after: &mut After<R::Handle>) {
+    fn dispatch(&self, g: &mut State<P>, now: Time, after: &mut After) {
         while let Some(action) = g.machine.poll_action() {
             match action {
                 Action::StartPreparation { flight, .. } => {
@@ -221,8 +215,10 @@ impl<P: Send + 'static, R: Runtime> Shared<P, R> {
                     match data.and_then(|d| d.payload.take().map(|p| (d, p))) {
                         Some((data, payload)) => {
                             let work = (self.prepare)(payload);
-                            let task = self.spawn(run_preparation(self.arc(), flight, work));
-                            data.task = Some(task);
+                            let stop = Arc::new(Signal::default());
+                            let task = run_preparation(self.arc(), flight, work);
+                            self.spawn_stoppable(Arc::clone(&stop), task);
+                            data.stop = Some(stop);
                         }
                         None => {
                             // Unreachable: a new flight's payload is stored with it.
@@ -235,10 +231,11 @@ impl<P: Send + 'static, R: Runtime> Shared<P, R> {
                     let data = g.flights.get_mut(&flight);
                     match data.and_then(|d| d.opener.take().map(|o| (d, o))) {
                         Some((data, opener)) => {
-                            let task = self.spawn(run_stream(self.arc(), flight, opener));
-                            if let Some(old) = data.task.replace(task) {
-                                after.detach.push(old); // the finished preparation
-                            }
+                            let stop = Arc::new(Signal::default());
+                            let task = run_stream(self.arc(), flight, opener, Arc::clone(&stop));
+                            self.spawn_stoppable(Arc::clone(&stop), task);
+                            // The preparation's task reported already: its signal goes.
+                            data.stop = Some(stop);
                         }
                         None => {
                             // Unreachable: a prepared flight's opener is stored with it.
@@ -248,14 +245,14 @@ impl<P: Send + 'static, R: Runtime> Shared<P, R> {
                     }
                 }
                 Action::Abort { flight, .. } => {
-                    if let Some(task) = g.flights.get_mut(&flight).and_then(|d| d.task.take()) {
-                        after.abort.push(task);
+                    if let Some(stop) = g.flights.get_mut(&flight).and_then(|d| d.stop.take()) {
+                        stop_task(stop, after);
                     }
                 }
                 Action::FlightEnded { flight } => {
                     if let Some(mut data) = g.flights.remove(&flight) {
-                        if let Some(task) = data.task.take() {
-                            after.abort.push(task);
+                        if let Some(stop) = data.stop.take() {
+                            stop_task(stop, after);
                         }
                         if let Some(payload) = data.payload.take() {
                             after.drop.push(Box::new(payload));
@@ -266,8 +263,10 @@ impl<P: Send + 'static, R: Runtime> Shared<P, R> {
                     }
                 }
                 Action::Wake { request } => {
-                    if let Some(w) = g.readers.get(&request).and_then(|s| s.notify()) {
-                        after.wake.push(w);
+                    if let Some(signal) = g.readers.get(&request) {
+                        if signal.set() {
+                            after.wake.push(Arc::clone(signal));
+                        }
                     }
                 }
             }
@@ -280,58 +279,58 @@ impl<P: Send + 'static, R: Runtime> Shared<P, R> {
         };
         if earlier {
             g.timer.target = next;
-            if let Some(w) = g.timer.waker.take() {
-                after.wake.push(w);
-            }
+            after.timer = true;
         }
     }
 
     /// Spawns a task, counted until its future is dropped.
-    fn spawn(&self, work: impl Future<Output = ()> + Send + 'static) -> R::Handle {
+    fn spawn(&self, work: impl Future<Output = ()> + Send + 'static) {
         self.tasks.spawned.fetch_add(1, Ordering::SeqCst);
         let guard = TaskGuard(Arc::clone(&self.tasks));
         self.runtime.spawn(Box::pin(async move {
             let _guard = guard;
             work.await;
-        }))
+        }));
     }
 
-    /// The one timer task: sleeps until the target deadline, handles it, repeats;
-    /// exits on shutdown.
+    /// Spawns the user's work, raced against its stop signal: once the machine
+    /// aborts the work, the task drops the user's future at its next poll.
+    fn spawn_stoppable(&self, stop: Arc<Signal>, work: impl Future<Output = ()> + Send + 'static) {
+        self.spawn(async move { stop.wait().or(work).await });
+    }
+
+    /// The one timer task: sleeps until the target deadline (or until the target
+    /// moves earlier), handles it, repeats; exits on shutdown.
     async fn run_timer(&self) {
-        let mut armed: Option<(Time, BoxFuture<()>)> = None;
-        poll_fn(|cx| loop {
-            let target = {
-                let mut g = self.lock();
-                if g.timer.closed {
-                    return Poll::Ready(());
-                }
-                match &g.timer.waker {
-                    Some(w) if w.will_wake(cx.waker()) => {}
-                    _ => g.timer.waker = Some(cx.waker().clone()),
-                }
-                g.timer.target
+        loop {
+            let changed = self.timer_changed.listen();
+            let (closed, target) = {
+                let g = self.lock();
+                (g.timer.closed, g.timer.target)
             };
+            if closed {
+                return;
+            }
             let Some(target) = target else {
-                armed = None;
-                return Poll::Pending;
+                changed.await;
+                continue;
             };
-            if armed.as_ref().map(|(t, _)| *t) != Some(target) {
-                armed = Some((target, self.runtime.sleep_until(target)));
+            let fired = async {
+                self.runtime.sleep_until(target).await;
+                true
             }
-            let Some((_, sleep)) = armed.as_mut() else {
-                return Poll::Pending;
-            };
-            if sleep.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
+            .or(async {
+                changed.await;
+                false
+            })
+            .await;
+            if fired {
+                self.with(|g, now| {
+                    g.timer.target = None; // re-armed by dispatch from the machine's next deadline
+                    g.machine.handle_timeout(now);
+                });
             }
-            armed = None;
-            self.with(|g, now| {
-                g.timer.target = None; // re-armed by dispatch from the machine's next deadline
-                g.machine.handle_timeout(now);
-            });
-        })
-        .await;
+        }
     }
 
     /// Stops admission, ends every live request, aborts all work and stops the timer.
@@ -341,14 +340,11 @@ impl<P: Send + 'static, R: Runtime> Shared<P, R> {
             g.timer.closed = true;
             g.timer.target = None;
         });
-        let waker = self.lock().timer.waker.take();
-        if let Some(w) = waker {
-            w.wake();
-        }
+        self.timer_changed.notify(usize::MAX);
     }
 
     /// Reads for a result stream, under the lock. Unless the read ended the
-    /// stream, the machine has parked the reader: its signal is notified on the
+    /// stream, the machine has parked the reader: its signal is set on the
     /// next `Wake`.
     ///
     /// A read takes no time stamp and queues no action, so it skips the clock
@@ -359,6 +355,12 @@ impl<P: Send + 'static, R: Runtime> Shared<P, R> {
         match result {
             Ok(Readiness::Pending) => Read::Parked,
             Ok(Readiness::Ready) if !matches!(out.last(), Some(Item::End(_))) => Read::ItemsParked,
+            Ok(Readiness::Ready) => {
+                // The terminal read armed the record's retention (contract rule
+                // 21): once per request, let the timer see the new deadline.
+                self.with(|_, _| ());
+                Read::Over
+            }
             Ok(_) | Err(_) => Read::Over,
         }
     }
@@ -371,6 +373,13 @@ impl<P: Send + 'static, R: Runtime> Shared<P, R> {
         });
         drop(signal);
     }
+}
+
+/// Sets a task's stop signal under the lock (the upstream stops pulling at
+/// once) and queues its notification (the task drops the user's future).
+fn stop_task(stop: Arc<Signal>, after: &mut After) {
+    stop.set();
+    after.stop.push(stop);
 }
 
 /// The text of a caught panic.
@@ -439,10 +448,18 @@ async fn next_step(stream: &mut ChunkStream) -> Step {
 
 /// Opens the user's upstream and reports its chunks and its end (rule 23: a
 /// panic too). Stops as soon as the machine calls the flight stale.
+///
+/// Flow control: the upstream is pulled only while the core would still accept
+/// what the driver holds. Before every pull the stop signal is checked (set
+/// under the lock by the machine's `Abort`: a cancel, a deadline, a shutdown),
+/// and a batch of ready chunks ends as soon as its bytes would take the response
+/// past `max_response_bytes`. So the driver holds at most one chunk the core
+/// refuses, and a backend billed by the token is not asked for more.
 async fn run_stream<P: Send + 'static, R: Runtime>(
     shared: Arc<Shared<P, R>>,
     flight: FlightId,
     opener: Opener,
+    stop: Arc<Signal>,
 ) {
     let opened = AssertUnwindSafe(async move { opener().await })
         .catch_unwind()
@@ -462,20 +479,35 @@ async fn run_stream<P: Send + 'static, R: Runtime>(
             return;
         }
     };
+    let limit = shared.max_response_bytes;
+    // Bytes the core accepted so far, plus those in the batch.
+    let mut bytes: u64 = 0;
     let mut batch = Vec::new();
     loop {
+        if stop.is_set() {
+            return;
+        }
         let mut end = match next_step(&mut stream).await {
             Step::Chunk(data) => {
+                bytes = bytes.saturating_add(data.len() as u64);
                 batch.push(data);
                 None
             }
             Step::End(result) => Some(result),
         };
-        // Report every chunk that is ready already under one lock.
+        // Report every chunk that is ready already under one lock, as long as
+        // the core would accept it.
         let mut full = true;
         while end.is_none() && batch.len() < MAX_BATCH {
+            if bytes > limit || stop.is_set() {
+                full = false;
+                break;
+            }
             match poll_once(next_step(&mut stream)).await {
-                Some(Step::Chunk(data)) => batch.push(data),
+                Some(Step::Chunk(data)) => {
+                    bytes = bytes.saturating_add(data.len() as u64);
+                    batch.push(data);
+                }
                 Some(Step::End(result)) => end = Some(result),
                 None => {
                     full = false;
@@ -484,10 +516,11 @@ async fn run_stream<P: Send + 'static, R: Runtime>(
             }
         }
         let over = shared.with(|g, now| {
-            for data in batch.drain(..) {
-                if g.machine.handle_chunk(now, flight, data).is_err() {
-                    return true; // aborted, ended, or over max_response_bytes
-                }
+            let offered = batch.len();
+            match g.machine.handle_chunks(now, flight, batch.drain(..)) {
+                Ok(accepted) if accepted == offered => {}
+                // Aborted, ended, or over max_response_bytes.
+                Ok(_) | Err(_) => return true,
             }
             match end.take() {
                 Some(result) => {

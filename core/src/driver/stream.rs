@@ -1,13 +1,13 @@
 //! The client's side: a request's result stream.
 
 use core::pin::Pin;
-use core::task::{Context, Poll, Waker};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use core::task::{Context, Poll};
+use std::sync::Arc;
 
 use futures_core::Stream;
 
 use super::shared::Shared;
+use super::signal::{Listener, Signal};
 use super::Runtime;
 use crate::{Item, RequestId};
 
@@ -19,42 +19,6 @@ pub(crate) enum Read {
     ItemsParked,
     /// The terminal item was appended (or read before): the stream is over.
     Over,
-}
-
-/// How the driver wakes one parked result stream without the stream taking the
-/// manager's lock to find out: the driver sets `woken` on the machine's `Wake`
-/// and wakes the registered waker; a stream polled while parked checks the flag
-/// and reads again only if it is set.
-#[derive(Debug, Default)]
-pub(crate) struct Signal {
-    woken: AtomicBool,
-    waker: Mutex<Option<Waker>>,
-}
-
-impl Signal {
-    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Waker>> {
-        self.waker.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The machine woke the reader: set the flag and return the waker to wake
-    /// (outside the manager's lock).
-    pub(crate) fn notify(&self) -> Option<Waker> {
-        self.woken.store(true, Ordering::SeqCst);
-        self.slot().take()
-    }
-
-    /// Stores `waker` (unless it would wake the same task), then reports whether
-    /// a wake came. Registering first means a wake cannot slip in between.
-    fn register_and_check(&self, waker: &Waker) -> bool {
-        {
-            let mut slot = self.slot();
-            match &*slot {
-                Some(w) if w.will_wake(waker) => {}
-                _ => *slot = Some(waker.clone()),
-            }
-        }
-        self.woken.swap(false, Ordering::SeqCst)
-    }
 }
 
 /// What a result stream needs from its manager, without the manager's types.
@@ -88,6 +52,8 @@ pub struct ResultStream {
     request: RequestId,
     source: Arc<dyn Source>,
     signal: Arc<Signal>,
+    /// Registered with `signal` while parked and waiting.
+    listener: Listener,
     /// Items read and not handed out yet: `ready[next..]`.
     ready: Vec<Item>,
     next: usize,
@@ -104,6 +70,7 @@ impl ResultStream {
             request,
             source,
             signal,
+            listener: Listener::default(),
             ready: Vec::new(),
             next: 0,
             parked: false,
@@ -128,7 +95,7 @@ impl ResultStream {
             self.ready.clear();
             self.next = 0;
             while self.ready.is_empty() && !self.done {
-                if self.parked && !self.signal.register_and_check(cx.waker()) {
+                if self.parked && self.signal.poll_take(&mut self.listener, cx).is_pending() {
                     return Poll::Pending;
                 }
                 match self.source.read(self.request, &mut self.ready) {

@@ -123,7 +123,7 @@ impl Machine {
         Ok(())
     }
 
-    fn expect_phase(
+    pub(super) fn expect_phase(
         &self,
         flight: FlightId,
         phase: impl Fn(&FlightPhase) -> bool,
