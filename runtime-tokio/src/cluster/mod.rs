@@ -37,6 +37,34 @@
 //! The braces are a Redis Cluster hash tag, so one flight's keys share a slot; the
 //! index `Pcache` does not, so this layer targets one Redis server (or a replicated
 //! primary), not a sharded Redis Cluster.
+//!
+//! # Example
+//! ```no_run
+//! use flightdeck_tokio::cluster::{Claim, Cluster, ClusterConfig, LogEntry, LogPosition};
+//! use flightdeck_tokio::Bytes;
+//!
+//! # async fn run() -> Result<(), flightdeck_tokio::cluster::ClusterError> {
+//! let config = ClusterConfig { instance: "gw-a".to_owned(), ..ClusterConfig::default() };
+//! let cluster = Cluster::connect("redis://127.0.0.1:6379", config).await?;
+//! match cluster.claim(b"key").await? {
+//!     Claim::Owner { generation } => {
+//!         // Run the upstream; publish each batch, renew every lease / 3, then end.
+//!         cluster.append(b"key", generation, &[Bytes::from_static(b"hello")]).await?;
+//!         cluster.finish(b"key", generation, b"completed", true).await?;
+//!     }
+//!     Claim::Follower { generation, .. } => {
+//!         let mut follower = cluster.follow(b"key", generation, LogPosition::START).await?;
+//!         while let Some(entry) = follower.next_entry().await? {
+//!             if let LogEntry::Chunks(chunks) = entry {
+//!                 println!("{} chunks", chunks.len());
+//!             }
+//!         }
+//!     }
+//!     Claim::Cached(result) => println!("cached: {} chunks", result.chunks.len()),
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
 mod scripts;
 
@@ -59,8 +87,8 @@ use scripts::Scripts;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterConfig {
     /// This instance's name, unique in the cluster (it is written into the lease, so
-    /// followers know the owner). Default: `"<hostname or pid>-<pid>"`-like, from
-    /// the process id and start time; set it to something stable in production.
+    /// followers know the owner). Default: `"<process id>-<start time in µs, hex>"`;
+    /// set it to something meaningful (a host name) in production.
     pub instance: String,
     /// Prefix of every Redis key this layer writes. Default `fd:`.
     pub prefix: String,
