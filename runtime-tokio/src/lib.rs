@@ -48,6 +48,8 @@
 //! # }
 //! ```
 
+#[cfg(feature = "cluster")]
+pub mod cluster;
 #[cfg(feature = "http")]
 pub mod http;
 
