@@ -15,9 +15,9 @@
 //!   earlier (a deadline moving later costs one harmless early wake-up);
 //! - a panicking preparation or upstream is caught and reported as
 //!   [`Failure::Panicked`](crate::Failure::Panicked), so its slot is released and
-//!   nothing leaks (rule 23);
+//!   nothing leaks ([rule 23](crate::contract#rule-23));
 //! - a [`ResultStream`] pulls its request's items from the machine and parks
-//!   until the machine emits a wake for it; dropping it detaches (rule 15);
+//!   until the machine emits a wake for it; dropping it detaches ([rule 15](crate::contract#rule-15));
 //! - every spawned task is counted until its future is dropped
 //!   ([`Manager::tasks`]), and [`Manager::shutdown`] waits for all of them.
 //!
@@ -124,7 +124,7 @@ impl TaskCounts {
     }
 }
 
-/// How an accepted [`Manager::submit`] was placed (rules 1-3).
+/// How an accepted [`Manager::submit`] was placed (rules [1](crate::contract#rule-1)-[3](crate::contract#rule-3)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Placement {
     /// The new request's id.
@@ -223,7 +223,7 @@ impl<P: Send + 'static, R: Runtime> Manager<P, R> {
         &self.owner.shared
     }
 
-    /// Submits a request (rules 1-3) and returns at once how it was placed: its
+    /// Submits a request (rules [1](crate::contract#rule-1)-[3](crate::contract#rule-3)) and returns at once how it was placed: its
     /// id, its [`Route`] and its queue position. It joins the key's live flight,
     /// or is served from the cache, or creates a flight; only in the last case is
     /// `payload` kept, for the preparation (otherwise it is dropped).
@@ -309,7 +309,7 @@ impl<P: Send + 'static, R: Runtime> Manager<P, R> {
     /// Attaches to a request's result stream (at most one per request) and returns
     /// at once. The stream replays from the first chunk; a request that already
     /// ended yields its outcome (e.g. [`Outcome::Cancelled`](crate::Outcome::Cancelled)
-    /// within `cancelled_retention`, rule 13).
+    /// within `cancelled_retention`, [rule 13](crate::contract#rule-13)).
     ///
     /// # Errors
     /// [`RequestError::NotFound`] or [`RequestError::AlreadyAttached`].
@@ -323,7 +323,7 @@ impl<P: Send + 'static, R: Runtime> Manager<P, R> {
         Ok(self.result_stream(id, signal))
     }
 
-    /// Cancels a request (rules 9-14). Idempotent. If it was its flight's last
+    /// Cancels a request (rules [9](crate::contract#rule-9)-[14](crate::contract#rule-14)). Idempotent. If it was its flight's last
     /// member, the flight's work is aborted at once and its slot handed on.
     ///
     /// # Errors
@@ -340,7 +340,7 @@ impl<P: Send + 'static, R: Runtime> Manager<P, R> {
         self.shared().with(|g, _| g.machine.status(id))
     }
 
-    /// Gauges and totals (rule 24).
+    /// Gauges and totals ([rule 24](crate::contract#rule-24)).
     #[must_use]
     pub fn stats(&self) -> Stats {
         self.shared().with(|g, _| g.machine.stats())

@@ -365,7 +365,7 @@ impl<P: Send + 'static, R: Runtime> Shared<P, R> {
         }
     }
 
-    /// A result stream was dropped (rule 15).
+    /// A result stream was dropped ([rule 15](crate::contract#rule-15)).
     pub(crate) fn detach(&self, request: RequestId) {
         let signal = self.with(|g, now| {
             let _ = g.machine.detach(now, request);
@@ -393,7 +393,7 @@ fn panic_message(panic: &(dyn Any + Send)) -> String {
     }
 }
 
-/// Runs the user's preparation and reports its result (rule 23: a panic too).
+/// Runs the user's preparation and reports its result ([rule 23](crate::contract#rule-23): a panic too).
 async fn run_preparation<P: Send + 'static, R: Runtime>(
     shared: Arc<Shared<P, R>>,
     flight: FlightId,
@@ -446,7 +446,7 @@ async fn next_step(stream: &mut ChunkStream) -> Step {
     }
 }
 
-/// Opens the user's upstream and reports its chunks and its end (rule 23: a
+/// Opens the user's upstream and reports its chunks and its end ([rule 23](crate::contract#rule-23): a
 /// panic too). Stops as soon as the machine calls the flight stale.
 ///
 /// Flow control: the upstream is pulled only while the core would still accept

@@ -38,15 +38,15 @@ impl<P: Send + 'static, R: Runtime> Source for Shared<P, R> {
 }
 
 /// One request's result: its chunks, then exactly one [`Item::End`], then `None`
-/// (rule 19).
+/// ([rule 19](crate::contract#rule-19)).
 ///
 /// It reads the flight's log through its own cursor: a slow reader blocks nobody
-/// and loses nothing, and a late joiner replays from the first chunk (rule 7). It
+/// and loses nothing, and a late joiner replays from the first chunk ([rule 7](crate::contract#rule-7)). It
 /// waits without polling: when nothing is available it is woken as soon as
 /// something is, and until then a poll costs no lock.
 ///
 /// **Dropping it cancels its request** if the request is still live, and removes
-/// the request's record (rule 15). To stop reading without cancelling, keep it.
+/// the request's record ([rule 15](crate::contract#rule-15)). To stop reading without cancelling, keep it.
 #[must_use = "dropping a result stream cancels its request"]
 pub struct ResultStream {
     request: RequestId,

@@ -19,7 +19,7 @@ use crate::Prepared;
 pub struct Preparation<Q> {
     /// What the upstream is called with.
     pub request: Q,
-    /// Whether the result may be cached (rule 8).
+    /// Whether the result may be cached ([rule 8](crate::contract#rule-8)).
     pub cacheable: bool,
 }
 
@@ -83,7 +83,7 @@ impl<Q> Preparation<Q> {
 ///
 /// An error fails the flight with [`Failure::Preparation`](crate::Failure::Preparation)
 /// (its `Display` text); a panic fails it with
-/// [`Failure::Panicked`](crate::Failure::Panicked) (rule 23). The future may be
+/// [`Failure::Panicked`](crate::Failure::Panicked) ([rule 23](crate::contract#rule-23)). The future may be
 /// dropped at any await point when the flight is aborted.
 pub trait Preparer<P>: Send + Sync + 'static {
     /// What the upstream is called with.
@@ -133,7 +133,7 @@ where
 /// fails the flight with [`Failure::Upstream`](crate::Failure::Upstream) after the
 /// chunks already delivered; a panic fails it with
 /// [`Failure::Panicked`](crate::Failure::Panicked). The stream is dropped as soon as
-/// nobody waits for it any more (rule 12) or a deadline expires.
+/// nobody waits for it any more ([rule 12](crate::contract#rule-12)) or a deadline expires.
 pub trait Upstream<Q>: Send + Sync + 'static {
     /// The stream of chunks.
     type Stream: Stream<Item = Result<Bytes, Self::Error>> + Send + 'static;

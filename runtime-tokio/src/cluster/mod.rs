@@ -14,7 +14,7 @@
 //! - **Fencing**: every write by an owner ([`Cluster::append`], [`Cluster::finish`])
 //!   is a script that first checks that the lease still names this owner and this
 //!   generation. A dead or partitioned owner's late writes change nothing: the
-//!   cross-machine form of the core's rule 16.
+//!   cross-machine form of the core's [rule 16](flightdeck_core::contract#rule-16).
 //! - **The log**: one Redis Stream per flight generation; followers read it from the
 //!   start (late joiners replay it) with `XREAD BLOCK` on a connection of their own
 //!   ([`Cluster::follow`]), never on the shared command connection, so a blocked read

@@ -4,7 +4,7 @@
 //! `EVALSHA` (the scripts are loaded when the handle connects; after a Redis restart
 //! the `redis` crate reloads one on `NOSCRIPT`). A script runs alone on the server,
 //! so "check the owner, then write" cannot interleave with another instance's claim:
-//! that is the fencing (rule 16 across machines).
+//! that is the fencing ([rule 16](flightdeck_core::contract#rule-16) across machines).
 //!
 //! Generations and owner tokens are handled as strings inside the scripts: Lua 5.1
 //! numbers are doubles and print large integers in exponent form, so a generation is
