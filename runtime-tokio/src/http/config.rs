@@ -134,7 +134,7 @@ pub struct Args {
     #[arg(long)]
     pub demo: bool,
 
-    /// OpenAI-compatible upstream base URL (e.g. https://api.openai.com/v1; https
+    /// OpenAI-compatible upstream base URL (e.g. `https://api.openai.com/v1`; https
     /// needs the build feature `tls`). Without it, the built-in simulated model answers.
     #[arg(long, env = "FLIGHTDECK_UPSTREAM_URL", value_parser = url)]
     pub upstream_url: Option<Url>,

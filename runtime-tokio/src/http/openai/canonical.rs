@@ -39,7 +39,8 @@ pub const OPT_OUT_HEADER: &str = "x-flightdeck-coalesce";
 
 /// The body written canonically: object keys sorted by their UTF-8 bytes, no
 /// whitespace, strings escaped as `serde_json` escapes them, numbers normalised
-/// (see [`write_number`]).
+/// (integral values as integers, so `0`, `0.0` and `1e0`-style spellings agree;
+/// other numbers in the shortest form that reads back as the same `f64`).
 #[must_use]
 pub fn canonical_json(value: &Value) -> String {
     let mut out = String::new();

@@ -16,7 +16,7 @@
 //!
 //! **Errors.** Every failure is OpenAI's error object,
 //! `{"error":{"message","type","param","code"}}`. An upstream failure travels
-//! through the core as [`Failure::Upstream`](crate::Failure::Upstream) text; that
+//! through the core as [`crate::Failure::Upstream`] text; that
 //! text is an [`UpstreamError`] as JSON, so every member of the flight gets the
 //! upstream's own status, error object and `Retry-After`.
 
