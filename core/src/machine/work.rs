@@ -66,34 +66,8 @@ impl Machine {
         flight: FlightId,
         data: Bytes,
     ) -> Result<(), StaleFlight> {
-        self.expect_phase(flight, |p| matches!(p, FlightPhase::Streaming { .. }))?;
-        let now = self.advance(now);
-        let limit = self.config.max_response_bytes;
-        let idle = self.config.idle_timeout;
-        let Some(f) = self.flights.get_mut(flight) else {
-            return Err(StaleFlight);
-        };
-        let size = data.len() as u64;
-        if f.tail().bytes.saturating_add(size) > limit {
-            let failure = Failure::ResponseTooLarge { limit };
-            self.end_flight(now, flight, &Outcome::Failed(failure), true);
-            self.pump(now);
-            return Ok(());
-        }
-        if let FlightPhase::Streaming { ends_by, .. } = f.phase {
-            self.deadlines.move_to(
-                &mut f.deadline,
-                ends_by.min(now + idle),
-                Timer::Flight(flight),
-            );
-        }
-        let tail = f.tail_mut();
-        tail.bytes += size;
-        tail.log.push(data);
-        for id in tail.parked.drain(..) {
-            self.records.wake(&mut self.actions, id, flight);
-        }
-        Ok(())
+        // One code path for one chunk and for a batch (machine/batch.rs).
+        self.handle_chunks(now, flight, [data]).map(|_| ())
     }
 
     /// The upstream of `flight` ended. On success every member ends completed and
