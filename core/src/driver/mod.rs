@@ -67,6 +67,7 @@ mod shared;
 mod signal;
 mod stream;
 mod user;
+mod work;
 
 use std::sync::Arc;
 

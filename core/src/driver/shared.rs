@@ -1,30 +1,33 @@
 //! The one place where the machine meets real tasks: the lock around the machine
-//! and the adapter's per-flight data, the action dispatch, the user's tasks (with
-//! panic catching and stop signals), the timer task, and the task accounting.
+//! and the adapter's per-flight data, the action dispatch, spawning the user's
+//! tasks with their stop signals (the tasks themselves are in `work.rs`), the
+//! timer task, and the task accounting.
 //! See the [module docs](super) for who may touch what.
 
 use core::future::Future;
-use core::panic::AssertUnwindSafe;
 use std::any::Any;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
-use bytes::Bytes;
 use event_listener::Event;
-use futures_lite::future::{poll_once, FutureExt as _};
-use futures_lite::StreamExt as _;
+use futures_lite::future::FutureExt as _;
 
 use super::signal::Signal;
-use super::stream::Read;
-use super::user::{ChunkStream, Opener, PrepareFn};
-use super::{BoxFuture, Runtime, TaskCounts};
+use super::user::{Opener, PrepareFn};
+use super::{Runtime, TaskCounts};
 use crate::idmap::IdMap;
-use crate::{Action, Failure, FlightId, Item, Machine, Readiness, RequestId, Time, Work};
+use crate::{Action, Failure, FlightId, Item, Machine, Readiness, RequestId, Time};
 
-/// Chunks an upstream has ready at once are reported under one lock, up to this
-/// many (and never past `max_response_bytes`, nor after a stop).
-const MAX_BATCH: usize = 64;
+/// What one read under the manager's lock gave.
+pub(crate) enum Read {
+    /// Nothing new; the reader is parked until the machine's next `Wake`.
+    Parked,
+    /// Items were appended; the reader is parked as well.
+    ItemsParked,
+    /// The terminal item was appended (or read before): the stream is over.
+    Over,
+}
 
 /// What the adapter holds for one live flight; dropped on `FlightEnded`.
 struct FlightData<P> {
@@ -57,6 +60,19 @@ pub(crate) struct State<P> {
 }
 
 impl<P> State<P> {
+    /// Keeps the opener a finished preparation produced until the flight's
+    /// `StartStream`; gives it back if the flight is gone (stale: dropped by the
+    /// caller, outside the lock).
+    pub(crate) fn keep_opener(&mut self, flight: FlightId, opener: Opener) -> Option<Opener> {
+        match self.flights.get_mut(&flight) {
+            Some(data) => {
+                data.opener = Some(opener);
+                None
+            }
+            None => Some(opener),
+        }
+    }
+
     /// Registers the wake signal of a result stream just attached to `request`.
     pub(crate) fn add_reader(&mut self, request: RequestId, signal: Arc<Signal>) {
         self.readers.insert(request, signal);
@@ -141,7 +157,7 @@ pub(crate) struct Shared<P, R: Runtime> {
     prepare: PrepareFn<P>,
     /// The configured response limit, for the upstream's flow control: the
     /// driver stops pulling once the chunks it holds would be refused.
-    max_response_bytes: u64,
+    pub(super) max_response_bytes: u64,
     state: Mutex<State<P>>,
     /// Notified when the timer's target moves earlier, or on shutdown.
     timer_changed: Event,
@@ -170,7 +186,7 @@ impl<P: Send + 'static, R: Runtime> Shared<P, R> {
         shared
     }
 
-    fn arc(&self) -> Arc<Self> {
+    pub(super) fn arc(&self) -> Arc<Self> {
         // `&self` is borrowed from a live `Arc`, so the upgrade cannot fail.
         self.me.upgrade().expect("a shared state in use is alive")
     }
@@ -215,10 +231,7 @@ impl<P: Send + 'static, R: Runtime> Shared<P, R> {
                     match data.and_then(|d| d.payload.take().map(|p| (d, p))) {
                         Some((data, payload)) => {
                             let work = (self.prepare)(payload);
-                            let stop = Arc::new(Signal::default());
-                            let task = run_preparation(self.arc(), flight, work);
-                            self.spawn_stoppable(Arc::clone(&stop), task);
-                            data.stop = Some(stop);
+                            data.stop = Some(self.start_preparation(flight, work));
                         }
                         None => {
                             // Unreachable: a new flight's payload is stored with it.
@@ -231,11 +244,8 @@ impl<P: Send + 'static, R: Runtime> Shared<P, R> {
                     let data = g.flights.get_mut(&flight);
                     match data.and_then(|d| d.opener.take().map(|o| (d, o))) {
                         Some((data, opener)) => {
-                            let stop = Arc::new(Signal::default());
-                            let task = run_stream(self.arc(), flight, opener, Arc::clone(&stop));
-                            self.spawn_stoppable(Arc::clone(&stop), task);
                             // The preparation's task reported already: its signal goes.
-                            data.stop = Some(stop);
+                            data.stop = Some(self.start_stream(flight, opener));
                         }
                         None => {
                             // Unreachable: a prepared flight's opener is stored with it.
@@ -295,7 +305,11 @@ impl<P: Send + 'static, R: Runtime> Shared<P, R> {
 
     /// Spawns the user's work, raced against its stop signal: once the machine
     /// aborts the work, the task drops the user's future at its next poll.
-    fn spawn_stoppable(&self, stop: Arc<Signal>, work: impl Future<Output = ()> + Send + 'static) {
+    pub(super) fn spawn_stoppable(
+        &self,
+        stop: Arc<Signal>,
+        work: impl Future<Output = ()> + Send + 'static,
+    ) {
         self.spawn(async move { stop.wait().or(work).await });
     }
 
@@ -380,172 +394,4 @@ impl<P: Send + 'static, R: Runtime> Shared<P, R> {
 fn stop_task(stop: Arc<Signal>, after: &mut After) {
     stop.set();
     after.stop.push(stop);
-}
-
-/// The text of a caught panic.
-fn panic_message(panic: &(dyn Any + Send)) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".to_owned()
-    }
-}
-
-/// Runs the user's preparation and reports its result ([rule 23](crate::contract#rule-23): a panic too).
-async fn run_preparation<P: Send + 'static, R: Runtime>(
-    shared: Arc<Shared<P, R>>,
-    flight: FlightId,
-    work: BoxFuture<Result<(crate::Prepared, Opener), String>>,
-) {
-    let result = match AssertUnwindSafe(work).catch_unwind().await {
-        Ok(Ok(ok)) => Ok(ok),
-        Ok(Err(message)) => Err(Failure::Preparation(message)),
-        Err(panic) => Err(Failure::Panicked {
-            work: Work::Preparation,
-            message: panic_message(&*panic),
-        }),
-    };
-    let leftovers = shared.with(|g, now| match result {
-        Ok((prepared, opener)) => {
-            // Stale (already aborted): no entry, and the opener is dropped below.
-            let leftover = match g.flights.get_mut(&flight) {
-                Some(data) => {
-                    data.opener = Some(opener);
-                    None
-                }
-                None => Some(opener),
-            };
-            let _ = g.machine.handle_prepared(now, flight, Ok(prepared));
-            leftover
-        }
-        Err(failure) => {
-            let _ = g.machine.handle_prepared(now, flight, Err(failure));
-            None
-        }
-    });
-    drop(leftovers);
-}
-
-/// What one poll of the upstream gave.
-enum Step {
-    Chunk(Bytes),
-    End(Result<(), Failure>),
-}
-
-async fn next_step(stream: &mut ChunkStream) -> Step {
-    match AssertUnwindSafe(stream.next()).catch_unwind().await {
-        Ok(Some(Ok(data))) => Step::Chunk(data),
-        Ok(Some(Err(message))) => Step::End(Err(Failure::Upstream(message))),
-        Ok(None) => Step::End(Ok(())),
-        Err(panic) => Step::End(Err(Failure::Panicked {
-            work: Work::Stream,
-            message: panic_message(&*panic),
-        })),
-    }
-}
-
-/// Opens the user's upstream and reports its chunks and its end ([rule 23](crate::contract#rule-23): a
-/// panic too). Stops as soon as the machine calls the flight stale.
-///
-/// Flow control: the upstream is pulled only while the core would still accept
-/// what the driver holds. Before every pull the stop signal is checked (set
-/// under the lock by the machine's `Abort`: a cancel, a deadline, a shutdown),
-/// and a batch of ready chunks ends as soon as its bytes would take the response
-/// past `max_response_bytes`. So the driver holds at most one chunk the core
-/// refuses, and a backend billed by the token is not asked for more.
-async fn run_stream<P: Send + 'static, R: Runtime>(
-    shared: Arc<Shared<P, R>>,
-    flight: FlightId,
-    opener: Opener,
-    stop: Arc<Signal>,
-) {
-    let opened = AssertUnwindSafe(async move { opener().await })
-        .catch_unwind()
-        .await;
-    let mut stream = match opened {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(message)) => {
-            report_end(&shared, flight, Err(Failure::Upstream(message)));
-            return;
-        }
-        Err(panic) => {
-            let failure = Failure::Panicked {
-                work: Work::Stream,
-                message: panic_message(&*panic),
-            };
-            report_end(&shared, flight, Err(failure));
-            return;
-        }
-    };
-    let limit = shared.max_response_bytes;
-    // Bytes the core accepted so far, plus those in the batch.
-    let mut bytes: u64 = 0;
-    let mut batch = Vec::new();
-    loop {
-        if stop.is_set() {
-            return;
-        }
-        let mut end = match next_step(&mut stream).await {
-            Step::Chunk(data) => {
-                bytes = bytes.saturating_add(data.len() as u64);
-                batch.push(data);
-                None
-            }
-            Step::End(result) => Some(result),
-        };
-        // Report every chunk that is ready already under one lock, as long as
-        // the core would accept it.
-        let mut full = true;
-        while end.is_none() && batch.len() < MAX_BATCH {
-            if bytes > limit || stop.is_set() {
-                full = false;
-                break;
-            }
-            match poll_once(next_step(&mut stream)).await {
-                Some(Step::Chunk(data)) => {
-                    bytes = bytes.saturating_add(data.len() as u64);
-                    batch.push(data);
-                }
-                Some(Step::End(result)) => end = Some(result),
-                None => {
-                    full = false;
-                    break;
-                }
-            }
-        }
-        let over = shared.with(|g, now| {
-            let offered = batch.len();
-            match g.machine.handle_chunks(now, flight, batch.drain(..)) {
-                Ok(accepted) if accepted == offered => {}
-                // Aborted, ended, or over max_response_bytes.
-                Ok(_) | Err(_) => return true,
-            }
-            match end.take() {
-                Some(result) => {
-                    let _ = g.machine.handle_upstream_end(now, flight, result);
-                    true
-                }
-                None => false,
-            }
-        });
-        if over {
-            return;
-        }
-        if full {
-            // An upstream that is always ready must not starve the other tasks.
-            futures_lite::future::yield_now().await;
-        }
-    }
-}
-
-fn report_end<P: Send + 'static, R: Runtime>(
-    shared: &Shared<P, R>,
-    flight: FlightId,
-    result: Result<(), Failure>,
-) {
-    shared.with(|g, now| {
-        let _ = g.machine.handle_upstream_end(now, flight, result);
-    });
 }

@@ -6,20 +6,10 @@ use std::sync::Arc;
 
 use futures_core::Stream;
 
-use super::shared::Shared;
+use super::shared::{Read, Shared};
 use super::signal::{Listener, Signal};
 use super::Runtime;
 use crate::{Item, RequestId};
-
-/// What one read under the manager's lock gave.
-pub(crate) enum Read {
-    /// Nothing new; the reader is parked until the machine's next `Wake`.
-    Parked,
-    /// Items were appended; the reader is parked as well.
-    ItemsParked,
-    /// The terminal item was appended (or read before): the stream is over.
-    Over,
-}
 
 /// What a result stream needs from its manager, without the manager's types.
 pub(crate) trait Source: Send + Sync {
