@@ -1,152 +1,23 @@
 //! The cluster Redis layer (`flightdeck_tokio::cluster`) against a real
 //! `redis-server` (the Debian package; `.ci/run` installs it when missing).
 //!
-//! Every test starts its own server ([`RedisServer`]: a temporary directory, a Unix
+//! Every test starts its own server ([`RedisServer`](redis_server::RedisServer): a temporary directory, a Unix
 //! socket in it, no persistence) and stops it on drop, is bounded in time
 //! ([`bounded`]), and ends by checking that nothing but cache entries is left in
 //! Redis once the finished logs' retention has passed ([`assert_only_cache_keys`]).
 
+mod redis_server;
+
 use std::future::Future;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use redis_server::RedisServer;
 
 use flightdeck_tokio::cluster::redis;
 use flightdeck_tokio::cluster::{
     CachedResult, Claim, Cluster, ClusterConfig, ClusterError, LogEntry, LogPosition,
 };
 use flightdeck_tokio::Bytes;
-
-/// A `redis-server` of the test's own, on a Unix socket in a temporary directory,
-/// with persistence off. Killed on drop; [`restart`](Self::restart) kills it and
-/// starts a fresh one (empty) on the same socket.
-struct RedisServer {
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-impl RedisServer {
-    fn start() -> RedisServer {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let mut server = RedisServer { dir, child: None };
-        server.spawn();
-        server
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("redis.sock")
-    }
-
-    /// The URL for `Cluster::connect` and `redis::Client::open`.
-    fn url(&self) -> String {
-        format!("redis+unix://{}", self.socket().display())
-    }
-
-    fn spawn(&mut self) {
-        let _ = std::fs::remove_file(self.socket());
-        let log = std::fs::File::create(self.dir.path().join("redis.log")).expect("log file");
-        let child = Command::new("redis-server")
-            .arg("--port")
-            .arg("0")
-            .arg("--unixsocket")
-            .arg(self.socket())
-            .arg("--unixsocketperm")
-            .arg("700")
-            .arg("--dir")
-            .arg(self.dir.path())
-            .arg("--save")
-            .arg("")
-            .arg("--appendonly")
-            .arg("no")
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start redis-server ({e}); install it (apt-get install -y redis-server; .ci/run does)")
-            });
-        self.child = Some(child);
-        self.wait_until_ready();
-    }
-
-    fn wait_until_ready(&mut self) {
-        let started = Instant::now();
-        loop {
-            if let Ok(client) = redis::Client::open(self.url()) {
-                if let Ok(mut connection) = client.get_connection() {
-                    if redis::cmd("PING")
-                        .query::<String>(&mut connection)
-                        .as_deref()
-                        == Ok("PONG")
-                    {
-                        return;
-                    }
-                }
-            }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                let log = std::fs::read_to_string(self.dir.path().join("redis.log"));
-                panic!("redis-server exited at start ({status}): {log:?}");
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "redis-server did not answer PING within 10 s"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Kills the server (its data is lost) and starts a fresh one on the same socket.
-    fn restart(&mut self) {
-        self.kill();
-        self.spawn();
-    }
-
-    /// A plain synchronous connection for the test's own inspection.
-    fn inspect(&self) -> redis::Connection {
-        redis::Client::open(self.url())
-            .and_then(|c| c.get_connection())
-            .expect("inspection connection")
-    }
-
-    /// Every key under `prefix`, sorted.
-    fn keys(&self, prefix: &str) -> Vec<String> {
-        let mut keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{prefix}*"))
-            .query(&mut self.inspect())
-            .expect("KEYS");
-        keys.sort();
-        keys
-    }
-
-    /// `INFO commandstats` calls of `command` (lower case), 0 if never called.
-    fn calls(&self, command: &str) -> u64 {
-        let info: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query(&mut self.inspect())
-            .expect("INFO");
-        let prefix = format!("cmdstat_{command}:calls=");
-        info.lines()
-            .find_map(|line| line.strip_prefix(&prefix))
-            .and_then(|rest| rest.split(',').next())
-            .map_or(0, |n| n.parse().expect("calls"))
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// Fails the test if `test` takes more than 30 s (a hang is a failure, not a stall).
 async fn bounded<T>(test: impl Future<Output = T>) -> T {
