@@ -10,8 +10,9 @@ fuzz_target!(|data: &[u8]| {
     let Ok(mut trace) = Trace::decode(data) else {
         return;
     };
-    // Fuzzed action lists are garbage; replay without them.
+    // Fuzzed action and reply lists are garbage; replay without them.
     trace.actions = None;
+    trace.replies = None;
     if trace.steps.len() > 4096 {
         trace.steps.truncate(4096);
     }

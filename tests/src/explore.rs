@@ -355,6 +355,7 @@ pub fn explore_with(
                     config: bound.config.clone(),
                     steps: Vec::new(),
                     actions: None,
+                    replies: None,
                 },
                 saved: None,
             }))

@@ -63,14 +63,17 @@
 //!   for that task and add a task hop to every chunk on its way to the machine.
 //!   BENCHMARKS.md gives the measurements.
 
+mod recorder;
 mod shared;
 mod signal;
 mod stream;
+pub mod trace;
 mod user;
 mod work;
 
 use std::sync::Arc;
 
+pub use recorder::{RecordError, RecordingStatus, RecordingSummary, MAX_PENDING_BYTES};
 pub use stream::ResultStream;
 pub use user::{BoxFuture, Preparation, Preparer, Upstream};
 

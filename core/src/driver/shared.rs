@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use event_listener::Event;
 use futures_lite::future::FutureExt as _;
 
+use super::recorder::TracedMachine;
 use super::signal::Signal;
 use super::user::{Opener, PrepareFn};
 use super::{Runtime, TaskCounts};
@@ -52,7 +53,8 @@ struct TimerState {
 
 /// Everything the manager's lock protects.
 pub(crate) struct State<P> {
-    pub(crate) machine: Machine,
+    /// The machine, with the trace recorder if one is attached.
+    pub(crate) machine: TracedMachine,
     flights: BTreeMap<FlightId, FlightData<P>>,
     /// The wake signal of every attached result stream, until it is dropped.
     readers: IdMap<RequestId, Arc<Signal>>,
@@ -173,7 +175,7 @@ impl<P: Send + 'static, R: Runtime> Shared<P, R> {
             prepare,
             max_response_bytes,
             state: Mutex::new(State {
-                machine,
+                machine: TracedMachine::new(machine),
                 flights: BTreeMap::new(),
                 readers: IdMap::default(),
                 timer: TimerState::default(),
