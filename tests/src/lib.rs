@@ -21,7 +21,9 @@
 //!   small trait, so that a scenario is written once;
 //! - [`conformance_kit`]: scriptable user code and checking readers, shared by the
 //!   conformance suite and the stress test;
-//! - [`demo`]: the demo scenario both adapters' `demo` examples run.
+//! - [`demo`]: the demo scenario both adapters' `demo` examples run;
+//! - [`recorded_run`]: a run with real tasks and timers that records its
+//!   trace, for the replay tests.
 
 #[cfg(feature = "runtimes")]
 pub mod conformance_kit;
@@ -31,6 +33,8 @@ pub mod driver;
 pub mod explore;
 pub mod model;
 pub mod model_check;
+#[cfg(feature = "runtimes")]
+pub mod recorded_run;
 #[cfg(feature = "runtimes")]
 pub mod runtimes;
 pub mod scenario;

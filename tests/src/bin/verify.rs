@@ -10,14 +10,27 @@
 //! cargo run --release -p flightdeck-tests --bin verify -- \
 //!     --max-preparations 1 --max-streams 2 --queue 3 --requests 3 --keys 2
 //! ```
+//!
+//! `verify replay FILE` re-runs a trace recorded by a manager
+//! (`Manager::record_to`) through the core instead: every invariant after every
+//! step, every reply and action as recorded. Exit status 0 if all held, 1 at
+//! the first divergence (reported with its step and input), 2 if the file
+//! cannot be read as a trace.
+//!
+//! ```text
+//! cargo run --release -p flightdeck-tests --bin verify -- replay flightdeck.trace
+//! ```
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
+use flightdeck_core::driver::trace::TraceReadError;
 use flightdeck_core::Config;
 use flightdeck_tests::explore::{explore_with, Bound};
 use flightdeck_tests::model_check;
+use flightdeck_tests::trace::{ReplayError, Trace};
 
 /// Which checks to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -31,9 +44,42 @@ enum Mode {
 }
 
 /// Check a flightdeck configuration: every interleaving within a bound, then the
-/// core against the reference model over random inputs.
+/// core against the reference model over random inputs. Or replay a recorded
+/// trace (`verify replay FILE`).
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    check: Args,
+}
+
+/// What to do instead of checking a configuration.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Re-run a trace a manager recorded (`Manager::record_to`) through the core,
+    /// checking every invariant after every step and that every reply and
+    /// action is the one recorded.
+    Replay(ReplayArgs),
+}
+
+/// `verify replay`'s arguments.
+#[derive(Debug, clap::Args)]
+struct ReplayArgs {
+    /// The trace file.
+    file: PathBuf,
+    /// Replay the complete steps of a truncated trace (a run cut short)
+    /// instead of refusing it.
+    #[arg(long)]
+    prefix: bool,
+    /// Print every input before replaying.
+    #[arg(long)]
+    list: bool,
+}
+
+/// The configuration and bounds to check.
+#[derive(Debug, clap::Args)]
 struct Args {
     /// Which checks to run.
     #[arg(long, value_enum, default_value = "both")]
@@ -120,7 +166,77 @@ impl Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Replay(replay_args)) => replay(&replay_args),
+        None => check(&cli.check),
+    }
+}
+
+/// `verify replay FILE`.
+fn replay(args: &ReplayArgs) -> ExitCode {
+    let name = args.file.display();
+    let read = std::fs::File::open(&args.file)
+        .map_err(TraceReadError::from)
+        .and_then(|file| Trace::read_prefix(std::io::BufReader::new(file)));
+    let trace = match read {
+        Ok((trace, None)) => trace,
+        Ok((trace, Some(TraceReadError::Truncated { steps }))) if args.prefix => {
+            println!("{name}: truncated; replaying its {steps} complete steps");
+            trace
+        }
+        Ok((_, Some(e @ TraceReadError::Truncated { .. }))) => {
+            eprintln!("{name}: {e} (pass --prefix to replay them)");
+            return ExitCode::from(2);
+        }
+        Ok((_, Some(e))) | Err(e) => {
+            eprintln!("{name}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.list {
+        print!("{}", trace.listing());
+    }
+    let n = trace.steps.len();
+    match trace.replay() {
+        Ok(machine) => {
+            let compared = match (trace.replies.is_some(), trace.actions.is_some()) {
+                (true, true) => ", every reply and action as recorded",
+                (false, true) => ", every action as recorded",
+                (true, false) => ", every reply as recorded",
+                (false, false) => "",
+            };
+            println!("replayed {n} inputs, all invariants held{compared}");
+            println!("final stats: {:?}", machine.stats());
+            ExitCode::SUCCESS
+        }
+        Err(e @ ReplayError::Config(_)) => {
+            eprintln!("{name}: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            match e.step().and_then(|i| trace.steps.get(i).map(|s| (i, s))) {
+                Some((i, (time, input))) => {
+                    println!("divergence at step {i} of {n} (t={time}): input {input:?}");
+                    match &e {
+                        ReplayError::Diverged {
+                            recorded, replayed, ..
+                        } => println!("  expected actions {recorded:?}\n  got      {replayed:?}"),
+                        ReplayError::ReplyDiverged {
+                            recorded, replayed, ..
+                        } => println!("  expected reply {recorded:?}\n  got      {replayed:?}"),
+                        _ => println!("  {e}"),
+                    }
+                }
+                None => println!("{name}: {e}"),
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `verify [flags]`: the explorer and the model check over a configuration.
+fn check(args: &Args) -> ExitCode {
     let config = args.config();
     if let Err(e) = config.validate() {
         eprintln!("invalid configuration: {e}");
