@@ -73,7 +73,9 @@ mod work;
 
 use std::sync::Arc;
 
-pub use recorder::{RecordError, RecordingStatus, RecordingSummary, MAX_PENDING_BYTES};
+pub use recorder::{
+    RecordError, RecordingStatus, RecordingSummary, MAX_PENDING_BYTES, WRITE_DELAY,
+};
 pub use stream::ResultStream;
 pub use user::{BoxFuture, Preparation, Preparer, Upstream};
 

@@ -22,10 +22,12 @@ use std::io::Write;
 use std::ops::Deref;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use bytes::Bytes;
+use serde::Serialize;
 
-use super::trace::{encode_header, encode_record, TraceHeader, TraceStep, VERSION};
+use super::trace::{encode_header, encode_record, TraceHeader, VERSION};
 use super::{Manager, Runtime};
 use crate::{
     Action, Failure, FlightId, Input, Item, Key, Machine, Prepared, Readiness, Reply, RequestError,
@@ -118,7 +120,13 @@ impl Pipe {
     }
 }
 
-/// The writer thread: takes what is pending, writes and flushes it, repeats.
+/// How long the writer lets records gather after the first one before it
+/// writes them: one wake-up, one write and one flush per batch, not per record.
+/// A crash loses at most this much of the run (and what the OS did not persist).
+pub const WRITE_DELAY: Duration = Duration::from_millis(10);
+
+/// The writer thread: waits for records, lets more gather for
+/// [`WRITE_DELAY`], takes them all, writes and flushes them, repeats.
 fn write_loop(pipe: &Pipe, mut out: Box<dyn Write + Send>) {
     let mut batch = Vec::new();
     loop {
@@ -130,6 +138,11 @@ fn write_loop(pipe: &Pipe, mut out: Box<dyn Write + Send>) {
             if st.pending.is_empty() {
                 return; // closed and drained
             }
+            if !st.closed {
+                drop(st);
+                std::thread::sleep(WRITE_DELAY);
+                st = pipe.lock();
+            }
             std::mem::swap(&mut st.pending, &mut batch);
         }
         if let Err(e) = out.write_all(&batch).and_then(|()| out.flush()) {
@@ -140,6 +153,24 @@ fn write_loop(pipe: &Pipe, mut out: Box<dyn Write + Send>) {
         }
         pipe.lock().written += batch.len() as u64;
         batch.clear();
+    }
+}
+
+/// A step as [`TraceStep`](super::trace::TraceStep) serialises it, borrowing its parts (the same bytes).
+#[derive(Serialize)]
+struct StepRef<'a> {
+    time: Time,
+    input: &'a Input,
+    reply: Option<&'a Reply>,
+    actions: ActionsRef<'a>,
+}
+
+/// The actions an input queued: the tail of the pending queue.
+struct ActionsRef<'a>(&'a VecDeque<Action>, usize);
+
+impl Serialize for ActionsRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.range(self.1..))
     }
 }
 
@@ -255,7 +286,7 @@ impl TracedMachine {
     }
 
     /// Records a step: its input, its reply and the actions it queued.
-    fn record(&mut self, now: Time, input: Input, reply: Option<Reply>) {
+    fn record(&mut self, now: Time, input: &Input, reply: Option<&Reply>) {
         let Some(recorder) = &mut self.recorder else {
             return;
         };
@@ -263,11 +294,11 @@ impl TracedMachine {
         while let Some(action) = self.machine.poll_action() {
             self.pending.push_back(action);
         }
-        let step = TraceStep {
+        let step = StepRef {
             time: now,
             input,
             reply,
-            actions: self.pending.range(first..).cloned().collect(),
+            actions: ActionsRef(&self.pending, first),
         };
         recorder.push(|out| encode_record(&step, out));
     }
@@ -284,7 +315,7 @@ impl TracedMachine {
             return self.machine.submit(now, key);
         };
         let out = self.machine.submit(now, key);
-        self.record(now, input, Some(Reply::Submit(out.clone())));
+        self.record(now, &input, Some(&Reply::Submit(out.clone())));
         out
     }
 
@@ -293,7 +324,7 @@ impl TracedMachine {
             return self.machine.attach(now, request);
         };
         let out = self.machine.attach(now, request);
-        self.record(now, input, Some(Reply::Request(out.clone())));
+        self.record(now, &input, Some(&Reply::Request(out.clone())));
         out
     }
 
@@ -302,7 +333,7 @@ impl TracedMachine {
             return self.machine.cancel(now, request);
         };
         let out = self.machine.cancel(now, request);
-        self.record(now, input, Some(Reply::Request(out.clone())));
+        self.record(now, &input, Some(&Reply::Request(out.clone())));
         out
     }
 
@@ -311,7 +342,7 @@ impl TracedMachine {
             return self.machine.detach(now, request);
         };
         let out = self.machine.detach(now, request);
-        self.record(now, input, Some(Reply::Request(out.clone())));
+        self.record(now, &input, Some(&Reply::Request(out.clone())));
         out
     }
 
@@ -325,7 +356,7 @@ impl TracedMachine {
             return self.machine.read(request, out);
         };
         let result = self.machine.read(request, out);
-        self.record(self.machine.now(), input, None);
+        self.record(self.machine.now(), &input, None);
         result
     }
 
@@ -342,7 +373,7 @@ impl TracedMachine {
             return self.machine.handle_prepared(now, flight, result);
         };
         let out = self.machine.handle_prepared(now, flight, result);
-        self.record(now, input, Some(Reply::Flight(out)));
+        self.record(now, &input, Some(&Reply::Flight(out)));
         out
     }
 
@@ -363,7 +394,7 @@ impl TracedMachine {
                 data: data.clone(),
             };
             let out = self.machine.handle_chunks(now, flight, [data]);
-            self.record(now, input, Some(Reply::Flight(out.map(|_| ()))));
+            self.record(now, &input, Some(&Reply::Flight(out.map(|_| ()))));
             match out {
                 Ok(1) => accepted += 1,
                 Err(stale) if accepted == 0 => return Err(stale),
@@ -387,21 +418,21 @@ impl TracedMachine {
             return self.machine.handle_upstream_end(now, flight, result);
         };
         let out = self.machine.handle_upstream_end(now, flight, result);
-        self.record(now, input, Some(Reply::Flight(out)));
+        self.record(now, &input, Some(&Reply::Flight(out)));
         out
     }
 
     pub(crate) fn handle_timeout(&mut self, now: Time) {
         self.machine.handle_timeout(now);
         if let Some(input) = self.recording(|| Input::Timeout) {
-            self.record(now, input, Some(Reply::Done));
+            self.record(now, &input, Some(&Reply::Done));
         }
     }
 
     pub(crate) fn shutdown(&mut self, now: Time) {
         self.machine.shutdown(now);
         if let Some(input) = self.recording(|| Input::Shutdown) {
-            self.record(now, input, Some(Reply::Done));
+            self.record(now, &input, Some(&Reply::Done));
         }
     }
 
@@ -496,5 +527,49 @@ impl<P: Send + 'static, R: Runtime> Manager<P, R> {
     pub fn stop_recording(&self) -> Result<RecordingSummary, RecordError> {
         let recorder = self.shared().with(|g, _| g.machine.recorder.take());
         recorder.ok_or(RecordError::NotRecording)?.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::driver::trace::TraceStep;
+
+    /// The borrowed form the recorder encodes is byte for byte the
+    /// [`TraceStep`] the readers decode.
+    #[test]
+    fn a_borrowed_step_encodes_as_a_trace_step() {
+        let input = Input::Chunk {
+            flight: FlightId::from_raw(3),
+            data: Bytes::from_static(b"abc"),
+        };
+        let reply = Reply::Flight(Err(StaleFlight));
+        let queued: VecDeque<Action> = [
+            Action::Wake {
+                request: RequestId::from_raw(1),
+            },
+            Action::FlightEnded {
+                flight: FlightId::from_raw(3),
+            },
+        ]
+        .into();
+        for (first, reply) in [(0, Some(&reply)), (1, None), (2, Some(&reply))] {
+            let borrowed = StepRef {
+                time: Time::from_millis(7),
+                input: &input,
+                reply,
+                actions: ActionsRef(&queued, first),
+            };
+            let owned = TraceStep {
+                time: Time::from_millis(7),
+                input: input.clone(),
+                reply: reply.cloned(),
+                actions: queued.range(first..).cloned().collect(),
+            };
+            assert_eq!(
+                postcard::to_allocvec(&borrowed).expect("encodes"),
+                postcard::to_allocvec(&owned).expect("encodes")
+            );
+        }
     }
 }
