@@ -8,7 +8,9 @@
 //! flush). Prints the medians and their ratios against the run without a
 //! recorder, and the trace's size.
 //!
-//! `cargo bench -p flightdeck-tests --bench recording`. Timings are measured,
+//! `cargo bench -p flightdeck-tests --bench recording`
+//! (`RECORDING_BENCH_OFF_ONLY=1`: only the runs without a recorder, to compare
+//! two builds). Timings are measured,
 //! never asserted; every client is checked to have read all 100 chunks and
 //! `Completed`, with or without a recorder.
 #![allow(missing_docs)]
@@ -125,7 +127,11 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 /// `RUNS` interleaved runs of each way; prints medians and ratios.
 fn compare(label: &str, mut one: impl FnMut(Recording) -> (u64, u64)) {
-    let ways = [Recording::Off, Recording::Sink, Recording::File];
+    let ways: &[Recording] = if std::env::var_os("RECORDING_BENCH_OFF_ONLY").is_some() {
+        &[Recording::Off]
+    } else {
+        &[Recording::Off, Recording::Sink, Recording::File]
+    };
     let mut times: Vec<Vec<Duration>> = vec![Vec::new(); ways.len()];
     let (mut bytes, mut records) = (0, 0);
     one(Recording::Off); // warm-up
@@ -140,6 +146,13 @@ fn compare(label: &str, mut one: impl FnMut(Recording) -> (u64, u64)) {
     }
     let medians: Vec<Duration> = times.into_iter().map(median).collect();
     let base = medians[0].as_secs_f64();
+    if medians.len() == 1 {
+        println!(
+            "recording {label}: median over {RUNS} runs without a recorder: {:.1?}",
+            medians[0]
+        );
+        return;
+    }
     println!(
         "recording {label}: medians over {RUNS} interleaved runs: off {:.1?}, sink {:.1?}, file {:.1?}; \
          ratio sink/off = {:.3}, file/off = {:.3}; trace {:.1} MB, {records} records per run",
