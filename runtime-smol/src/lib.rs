@@ -57,6 +57,7 @@ use smol::{Executor, Timer};
 pub use flightdeck_core::driver::{
     self, Placement, Preparation, Preparer, ResultStream, TaskCounts, Upstream,
 };
+pub use flightdeck_core::driver::{RecordError, RecordingStatus, RecordingSummary};
 pub use flightdeck_core::{
     Bytes, Config, ConfigError, Failure, FlightId, InvariantViolation, Item, Key, Outcome, Phase,
     RequestError, RequestId, RequestState, RequestStatus, Route, Stats, SubmitError, Time, Totals,

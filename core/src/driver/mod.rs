@@ -19,7 +19,9 @@
 //! - a [`ResultStream`] pulls its request's items from the machine and parks
 //!   until the machine emits a wake for it; dropping it detaches ([rule 15](crate::contract#rule-15));
 //! - every spawned task is counted until its future is dropped
-//!   ([`Manager::tasks`]), and [`Manager::shutdown`] waits for all of them.
+//!   ([`Manager::tasks`]), and [`Manager::shutdown`] waits for all of them;
+//! - on request ([`Manager::record_to`]) it records every input it feeds the
+//!   machine to a [trace file](trace), which `verify replay` re-runs.
 //!
 //! The core's default build has none of this and no async dependency.
 //!

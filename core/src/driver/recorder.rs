@@ -310,53 +310,58 @@ impl TracedMachine {
         }
     }
 
-    pub(crate) fn submit(&mut self, now: Time, key: Key) -> Result<Submission, SubmitError> {
-        let Some(input) = self.recording(|| Input::Submit { key: key.clone() }) else {
-            return self.machine.submit(now, key);
-        };
-        let out = self.machine.submit(now, key);
-        self.record(now, &input, Some(&Reply::Submit(out.clone())));
+    /// Applies one input: without a recorder (`input` is `None`) only `apply`;
+    /// with one, `apply`, then the step is recorded with its reply. Every
+    /// input method is this; a new kind of input is three lines.
+    fn step<T>(
+        &mut self,
+        now: Time,
+        input: Option<Input>,
+        apply: impl FnOnce(&mut Machine) -> T,
+        reply: impl FnOnce(&T) -> Reply,
+    ) -> T {
+        let out = apply(&mut self.machine);
+        if let Some(input) = input {
+            self.record(now, &input, Some(&reply(&out)));
+        }
         out
+    }
+
+    pub(crate) fn submit(&mut self, now: Time, key: Key) -> Result<Submission, SubmitError> {
+        let input = self.recording(|| Input::Submit { key: key.clone() });
+        let apply = |m: &mut Machine| m.submit(now, key);
+        self.step(now, input, apply, |out| Reply::Submit(out.clone()))
     }
 
     pub(crate) fn attach(&mut self, now: Time, request: RequestId) -> Result<(), RequestError> {
-        let Some(input) = self.recording(|| Input::Attach { request }) else {
-            return self.machine.attach(now, request);
-        };
-        let out = self.machine.attach(now, request);
-        self.record(now, &input, Some(&Reply::Request(out.clone())));
-        out
+        let input = self.recording(|| Input::Attach { request });
+        let apply = |m: &mut Machine| m.attach(now, request);
+        self.step(now, input, apply, |out| Reply::Request(out.clone()))
     }
 
     pub(crate) fn cancel(&mut self, now: Time, request: RequestId) -> Result<(), RequestError> {
-        let Some(input) = self.recording(|| Input::Cancel { request }) else {
-            return self.machine.cancel(now, request);
-        };
-        let out = self.machine.cancel(now, request);
-        self.record(now, &input, Some(&Reply::Request(out.clone())));
-        out
+        let input = self.recording(|| Input::Cancel { request });
+        let apply = |m: &mut Machine| m.cancel(now, request);
+        self.step(now, input, apply, |out| Reply::Request(out.clone()))
     }
 
     pub(crate) fn detach(&mut self, now: Time, request: RequestId) -> Result<(), RequestError> {
-        let Some(input) = self.recording(|| Input::Detach { request }) else {
-            return self.machine.detach(now, request);
-        };
-        let out = self.machine.detach(now, request);
-        self.record(now, &input, Some(&Reply::Request(out.clone())));
-        out
+        let input = self.recording(|| Input::Detach { request });
+        let apply = |m: &mut Machine| m.detach(now, request);
+        self.step(now, input, apply, |out| Reply::Request(out.clone()))
     }
 
-    /// A read carries no time; it is recorded at the machine's latest.
+    /// A read carries no time; it is recorded at the machine's latest, and
+    /// without its reply (its items are chunks the trace has already).
     pub(crate) fn read(
         &mut self,
         request: RequestId,
         out: &mut Vec<Item>,
     ) -> Result<Readiness, RequestError> {
-        let Some(input) = self.recording(|| Input::Read { request }) else {
-            return self.machine.read(request, out);
-        };
         let result = self.machine.read(request, out);
-        self.record(self.machine.now(), &input, None);
+        if let Some(input) = self.recording(|| Input::Read { request }) {
+            self.record(self.machine.now(), &input, None);
+        }
         result
     }
 
@@ -366,15 +371,12 @@ impl TracedMachine {
         flight: FlightId,
         result: Result<Prepared, Failure>,
     ) -> Result<(), StaleFlight> {
-        let Some(input) = self.recording(|| Input::Prepared {
+        let input = self.recording(|| Input::Prepared {
             flight,
             result: result.clone(),
-        }) else {
-            return self.machine.handle_prepared(now, flight, result);
-        };
-        let out = self.machine.handle_prepared(now, flight, result);
-        self.record(now, &input, Some(&Reply::Flight(out)));
-        out
+        });
+        let apply = |m: &mut Machine| m.handle_prepared(now, flight, result);
+        self.step(now, input, apply, |out| Reply::Flight(*out))
     }
 
     /// Recorded chunk by chunk (see the module docs).
@@ -389,13 +391,12 @@ impl TracedMachine {
         }
         let mut accepted = 0;
         for data in chunks {
-            let input = Input::Chunk {
+            let input = Some(Input::Chunk {
                 flight,
                 data: data.clone(),
-            };
-            let out = self.machine.handle_chunks(now, flight, [data]);
-            self.record(now, &input, Some(&Reply::Flight(out.map(|_| ()))));
-            match out {
+            });
+            let apply = |m: &mut Machine| m.handle_chunks(now, flight, [data]);
+            match self.step(now, input, apply, |out| Reply::Flight(out.map(|_| ()))) {
                 Ok(1) => accepted += 1,
                 Err(stale) if accepted == 0 => return Err(stale),
                 // Over the response limit (the flight failed): the rest is ignored.
@@ -411,29 +412,22 @@ impl TracedMachine {
         flight: FlightId,
         result: Result<(), Failure>,
     ) -> Result<(), StaleFlight> {
-        let Some(input) = self.recording(|| Input::UpstreamEnded {
+        let input = self.recording(|| Input::UpstreamEnded {
             flight,
             result: result.clone(),
-        }) else {
-            return self.machine.handle_upstream_end(now, flight, result);
-        };
-        let out = self.machine.handle_upstream_end(now, flight, result);
-        self.record(now, &input, Some(&Reply::Flight(out)));
-        out
+        });
+        let apply = |m: &mut Machine| m.handle_upstream_end(now, flight, result);
+        self.step(now, input, apply, |out| Reply::Flight(*out))
     }
 
     pub(crate) fn handle_timeout(&mut self, now: Time) {
-        self.machine.handle_timeout(now);
-        if let Some(input) = self.recording(|| Input::Timeout) {
-            self.record(now, &input, Some(&Reply::Done));
-        }
+        let input = self.recording(|| Input::Timeout);
+        self.step(now, input, |m| m.handle_timeout(now), |()| Reply::Done);
     }
 
     pub(crate) fn shutdown(&mut self, now: Time) {
-        self.machine.shutdown(now);
-        if let Some(input) = self.recording(|| Input::Shutdown) {
-            self.record(now, &input, Some(&Reply::Done));
-        }
+        let input = self.recording(|| Input::Shutdown);
+        self.step(now, input, |m| m.shutdown(now), |()| Reply::Done);
     }
 
     /// Attaches `recorder` and queues the header, if the machine is new.
