@@ -245,3 +245,35 @@ pub async fn failing_writer<T: TestRt>() {
     ));
     m.shutdown().await;
 }
+
+/// A manager dropped while recording (no `stop_recording`) still leaves a
+/// complete trace: the writer thread writes and flushes what is left.
+/// Returns the trace's bytes.
+///
+/// # Panics
+/// If the trace is not complete within the wait (a test failure).
+pub async fn dropped_while_recording<T: TestRt>() -> Vec<u8> {
+    let probe = Arc::new(Probe::default());
+    let m = manager::<T>(config(), &probe);
+    let file = SharedBuf::default();
+    m.record_to(file.clone()).expect("records");
+    let mut s = m.submit_and_stream("k", Plan::chunks(3)).unwrap();
+    assert_eq!(read_all::<T>(&mut s).await, (text(3), Outcome::Completed));
+    drop(s);
+    m.shutdown().await;
+    drop(m);
+    eventually::<T>(
+        "the dropped manager's trace ending with its shutdown",
+        || {
+            crate::trace::Trace::decode(&file.bytes()).is_ok_and(|t| {
+                t.steps
+                    .iter()
+                    .filter(|(_, i)| *i == flightdeck_core::Input::Shutdown)
+                    .count()
+                    == 2
+            })
+        },
+    )
+    .await;
+    file.bytes()
+}

@@ -84,7 +84,39 @@ fn replays_exactly<T: TestRt>() -> Trace {
     assert!(run.stats.totals.cancelled >= 2, "{:?}", run.stats);
     tampered_traces_diverge_at_the_tampered_step(&trace);
     truncated_traces_are_reported_and_their_prefix_replays(&run.trace);
+    damaged_bytes_never_panic_nor_break_an_invariant(&run.trace);
     trace
+}
+
+/// Bytes flipped anywhere in a recorded trace: decoding and replaying never
+/// panic; a replay may diverge from what was recorded (the inputs changed) but
+/// every invariant holds, since the core keeps them for any input sequence.
+fn damaged_bytes_never_panic_nor_break_an_invariant(bytes: &[u8]) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(11);
+    let (mut decoded, mut diverged) = (0, 0);
+    for _ in 0..300 {
+        let mut damaged = bytes.to_vec();
+        for _ in 0..rng.gen_range(1..4) {
+            let at = rng.gen_range(0..damaged.len());
+            damaged[at] = rng.gen();
+        }
+        let Ok((trace, _)) = Trace::read_prefix(&damaged[..]) else {
+            continue;
+        };
+        decoded += 1;
+        match trace.replay() {
+            Ok(_) | Err(ReplayError::Config(_)) => {}
+            Err(ReplayError::Diverged { .. } | ReplayError::ReplyDiverged { .. }) => diverged += 1,
+            Err(e @ ReplayError::Invariant { .. }) => {
+                panic!("a damaged trace broke an invariant: {e}")
+            }
+        }
+    }
+    assert!(
+        decoded > 100 && diverged > 0,
+        "decoded {decoded}, diverged {diverged}"
+    );
 }
 
 fn tampered_traces_diverge_at_the_tampered_step(trace: &Trace) {
@@ -164,6 +196,20 @@ macro_rules! on_every_runtime {
                 #[test]
                 fn a_recorded_run_replays_exactly() {
                     super::replays_exactly::<$rt>();
+                }
+
+                #[test]
+                fn a_manager_dropped_while_recording_leaves_a_complete_trace() {
+                    let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+                    let slot = std::sync::Arc::clone(&out);
+                    <$rt as flightdeck_tests::runtimes::TestRt>::block_on(async move {
+                        let bytes =
+                            flightdeck_tests::recorded_run::dropped_while_recording::<$rt>().await;
+                        *slot.lock().unwrap() = bytes;
+                    });
+                    let trace = flightdeck_tests::trace::Trace::decode(&out.lock().unwrap())
+                        .expect("complete");
+                    trace.replay().expect("replays");
                 }
 
                 #[test]
