@@ -145,6 +145,8 @@ enum Frame {
     End,
     /// The input ended inside the record.
     Cut,
+    /// The length says more than [`MAX_RECORD_BYTES`].
+    TooLong(u32),
 }
 
 impl<R: Read> TraceReader<R> {
@@ -161,7 +163,7 @@ impl<R: Read> TraceReader<R> {
         let mut body = Vec::new();
         match read_frame(&mut inner, &mut body)? {
             Frame::Record => {}
-            Frame::End | Frame::Cut => return Err(TraceReadError::NotATrace),
+            Frame::End | Frame::Cut | Frame::TooLong(_) => return Err(TraceReadError::NotATrace),
         }
         // The version comes first, so a newer header is recognised as such even
         // if the rest of it does not parse.
@@ -195,6 +197,10 @@ impl<R: Read> TraceReader<R> {
         match read_frame(&mut self.inner, &mut self.body)? {
             Frame::End => Ok(None),
             Frame::Cut => Err(TraceReadError::Truncated { steps: self.steps }),
+            Frame::TooLong(len) => Err(TraceReadError::Corrupt {
+                step: self.steps,
+                message: format!("a record of {len} bytes (at most {MAX_RECORD_BYTES})"),
+            }),
             Frame::Record => {
                 let step =
                     postcard::from_bytes(&self.body).map_err(|e| TraceReadError::Corrupt {
@@ -232,10 +238,7 @@ fn read_frame(inner: &mut impl Read, body: &mut Vec<u8>) -> Result<Frame, TraceR
     }
     let len = u32::from_le_bytes(len);
     if len > MAX_RECORD_BYTES {
-        return Err(TraceReadError::Corrupt {
-            step: 0,
-            message: format!("a record of {len} bytes (at most {MAX_RECORD_BYTES})"),
-        });
+        return Ok(Frame::TooLong(len));
     }
     body.clear();
     // `take` + `read_to_end` grows the buffer with what is really there: a
@@ -321,12 +324,18 @@ mod tests {
             TraceReader::new(&b"not a trace at all"[..]),
             Err(TraceReadError::NotATrace)
         ));
-        let mut corrupt = trace(1);
+        let mut corrupt = trace(2);
         let last = corrupt.len() - 1;
         corrupt[last] = 0xff; // the last action's flight id: an unfinished varint
         assert!(matches!(
             read_all(&corrupt),
-            Err(TraceReadError::Corrupt { step: 0, .. })
+            Err(TraceReadError::Corrupt { step: 1, .. })
+        ));
+        let mut too_long = trace(1);
+        too_long.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            read_all(&too_long),
+            Err(TraceReadError::Corrupt { step: 1, .. })
         ));
     }
 }
