@@ -32,7 +32,13 @@ const REQUESTS: usize = 10_000;
 const KEYS: usize = 1_000;
 const CHUNKS: usize = 100;
 const CHUNK: &[u8] = b"a token of some twenty bytes";
-const RUNS: usize = 15;
+/// Runs of each way (`RECORDING_BENCH_RUNS` overrides).
+fn runs() -> usize {
+    std::env::var("RECORDING_BENCH_RUNS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(15)
+}
 
 /// Where a run's trace goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,7 +131,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-/// `RUNS` interleaved runs of each way; prints medians and ratios.
+/// [`runs`] interleaved runs of each way; prints medians and ratios.
 fn compare(label: &str, mut one: impl FnMut(Recording) -> (u64, u64)) {
     let ways: &[Recording] = if std::env::var_os("RECORDING_BENCH_OFF_ONLY").is_some() {
         &[Recording::Off]
@@ -135,7 +141,8 @@ fn compare(label: &str, mut one: impl FnMut(Recording) -> (u64, u64)) {
     let mut times: Vec<Vec<Duration>> = vec![Vec::new(); ways.len()];
     let (mut bytes, mut records) = (0, 0);
     one(Recording::Off); // warm-up
-    for _ in 0..RUNS {
+    let runs = runs();
+    for _ in 0..runs {
         for (i, way) in ways.iter().enumerate() {
             let start = Instant::now();
             let written = one(*way);
@@ -148,13 +155,13 @@ fn compare(label: &str, mut one: impl FnMut(Recording) -> (u64, u64)) {
     let base = medians[0].as_secs_f64();
     if medians.len() == 1 {
         println!(
-            "recording {label}: median over {RUNS} runs without a recorder: {:.1?}",
+            "recording {label}: median over {runs} runs without a recorder: {:.1?}",
             medians[0]
         );
         return;
     }
     println!(
-        "recording {label}: medians over {RUNS} interleaved runs: off {:.1?}, sink {:.1?}, file {:.1?}; \
+        "recording {label}: medians over {runs} interleaved runs: off {:.1?}, sink {:.1?}, file {:.1?}; \
          ratio sink/off = {:.3}, file/off = {:.3}; trace {:.1} MB, {records} records per run",
         medians[0],
         medians[1],
