@@ -14,7 +14,7 @@ use flightdeck_tokio::{Config, Failure, Item, Outcome, Phase, RequestState, Rout
 use crate::conformance_kit::{
     config, eventually, manager, ms, read_all, read_chunks, text, Open, Plan, Probe, Then,
 };
-use crate::runtimes::TestRt;
+use crate::runtimes::{TestRt, DELIBERATE};
 
 /// An in-memory trace file the test can read while the manager writes it.
 #[derive(Clone, Debug, Default)]
@@ -45,16 +45,20 @@ impl Write for SharedBuf {
     }
 }
 
-/// A writer that takes `left` bytes, then fails every write (a full disk).
+/// A writer that takes `left` bytes, then fails every write (a full disk),
+/// or panics if `panics`.
 #[derive(Debug)]
 pub struct FailingWriter {
     /// Bytes it still accepts.
     pub left: usize,
+    /// Panic instead of returning an error.
+    pub panics: bool,
 }
 
 impl Write for FailingWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if self.left == 0 {
+            assert!(!self.panics, "{DELIBERATE} in a trace writer");
             return Err(io::Error::other("disk full"));
         }
         let n = buf.len().min(self.left);
@@ -208,10 +212,16 @@ pub async fn recorded_run<T: TestRt>() -> RecordedRun {
 /// # Panics
 /// If the manager does not behave so (a test failure).
 pub async fn failing_writer<T: TestRt>() {
+    for panics in [false, true] {
+        fails_while_serving::<T>(FailingWriter { left: 200, panics }).await;
+    }
+}
+
+async fn fails_while_serving<T: TestRt>(writer: FailingWriter) {
     let name = T::NAME;
     let probe = Arc::new(Probe::default());
     let m = manager::<T>(config(), &probe);
-    m.record_to(FailingWriter { left: 200 }).expect("records");
+    m.record_to(writer).expect("records");
     assert!(matches!(
         m.record_to(SharedBuf::default()),
         Err(RecordError::AlreadyRecording)

@@ -5,9 +5,10 @@
 //! optional recorder, whose input methods are the machine's. Without a recorder
 //! each is one branch and the machine's own method. With one, each input is
 //! encoded (with its reply and the actions it queued) under the lock, which
-//! keeps the order, into a buffer shared with a writer thread; the thread does
-//! the I/O and flushes whenever it has caught up, so a crash loses at most what
-//! was not yet written, and a slow disk never holds the lock.
+//! keeps the order, into a buffer shared with a writer thread; the thread lets
+//! records gather for [`WRITE_DELAY`], then writes and flushes them, so a
+//! crash loses at most the last few milliseconds, and a slow disk never holds
+//! the lock.
 //!
 //! A batch of chunks is recorded as one [`Input::Chunk`] per chunk at the same
 //! time: while recording, the batch is fed chunk by chunk, which
@@ -20,6 +21,7 @@
 use std::collections::VecDeque;
 use std::io::Write;
 use std::ops::Deref;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -145,7 +147,12 @@ fn write_loop(pipe: &Pipe, mut out: Box<dyn Write + Send>) {
             }
             std::mem::swap(&mut st.pending, &mut batch);
         }
-        if let Err(e) = out.write_all(&batch).and_then(|()| out.flush()) {
+        // A panicking writer is a failed one: the recorder stops, the manager goes on.
+        let written = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            out.write_all(&batch).and_then(|()| out.flush())
+        }))
+        .unwrap_or_else(|_| Err(std::io::Error::other("the trace writer panicked")));
+        if let Err(e) = written {
             let mut st = pipe.lock();
             st.failed = Some(Arc::new(e));
             st.pending = Vec::new();
@@ -221,8 +228,7 @@ impl Recorder {
     fn finish(mut self) -> Result<RecordingSummary, RecordError> {
         self.pipe.close();
         if let Some(thread) = self.thread.take() {
-            // The writer catches its own errors; a panicking `Write` is reported
-            // as a write error below.
+            // The writer catches its own errors and panics.
             let _ = thread.join();
         }
         if let Some(error) = self.error.take() {
@@ -471,9 +477,10 @@ impl<P: Send + 'static, R: Runtime> Manager<P, R> {
     ///
     /// Call it right after creating the manager: a trace starts from a new
     /// machine. Records are encoded under the manager's lock (to keep their
-    /// order) and written by a thread of their own, which flushes whenever it
-    /// has caught up; pass an unbuffered writer (a `File`), the recorder
-    /// buffers. A failing writer stops the recording, never the manager: see
+    /// order) and written by a thread of their own, which lets them gather for
+    /// [`WRITE_DELAY`], then writes and flushes them; pass an unbuffered writer
+    /// (a `File`), the recorder buffers. A failing (or panicking) writer stops
+    /// the recording, never the manager: see
     /// [`Manager::recording_status`]. Without a recorder, each input costs one
     /// branch more.
     ///
