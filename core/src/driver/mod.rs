@@ -70,6 +70,7 @@ mod shared;
 mod signal;
 mod stream;
 pub mod trace;
+mod traced;
 mod user;
 mod work;
 

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use event_listener::Event;
 use futures_lite::future::FutureExt as _;
 
-use super::recorder::TracedMachine;
 use super::signal::Signal;
+use super::traced::TracedMachine;
 use super::user::{Opener, PrepareFn};
 use super::{Runtime, TaskCounts};
 use crate::idmap::IdMap;
