@@ -108,6 +108,7 @@ impl Machine {
             .and_then(|()| self.cache.check(&self.deadlines))
             .and_then(|()| self.deadlines.check())
             .and_then(|()| self.check_deadline_owners())
+            .and_then(|()| self.check_settled())
             .map_err(InvariantViolation)
     }
 
