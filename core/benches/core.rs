@@ -5,7 +5,8 @@
 //!   `fanout/borrowed/N`: the same with `Machine::read_borrowed`;
 //! - `cache_hit`: submit, attach, read to the end, detach for a cached key;
 //! - `deadlines_1m`: arm/disarm and timeout handling with ~2,000,000 pending
-//!   deadlines (1,000,000 queued requests, each with its own flight);
+//!   deadlines (1,000,000 queued requests, each with its own flight), and the
+//!   status (queue position) of the last of them;
 //! - memory per queued request and per idle reader, printed once (criterion
 //!   measures time only), measured with the counting allocator below.
 //!
@@ -440,6 +441,16 @@ fn bench_deadlines(c: &mut Criterion) {
         m.stats().deadlines,
         m.stats().requests
     );
+    // The status of the last of 1,000,000 queued requests: its queue position
+    // counts the 999,999 flights ahead (O(log n) since the queue keeps counts;
+    // it was a walk over all of them).
+    let last = m.request_ids().last().expect("a request");
+    g.bench_function("status_of_the_last_queued", |b| {
+        b.iter(|| {
+            let status = m.status(black_box(last)).expect("queued");
+            black_box(status.queue_position)
+        });
+    });
     let late = Time::from_millis(2_000);
     // Arm + disarm at 2M pending: a new request (flight queue deadline + attach
     // deadline armed), attach (attach deadline disarmed), detach (flight ends:
