@@ -149,10 +149,14 @@ impl Flight {
         }
     }
 
-    /// The current phase's deadline: the armed (or queue-implied) one, or later
-    /// if a chunk has moved the idle deadline since it was armed.
+    /// The current phase's deadline: the armed (or queue-implied) one, or,
+    /// while streaming, later if a chunk has moved the idle deadline since it
+    /// was armed.
     pub(crate) fn due(&self) -> Time {
-        self.deadline.max(self.tail().idle_until)
+        match self.phase {
+            FlightPhase::Streaming { .. } => self.deadline.max(self.tail().idle_until),
+            _ => self.deadline,
+        }
     }
 
     /// The log, parked readers and byte count (empty until allocated).
@@ -281,9 +285,6 @@ mod tests {
             ("members", |f| f.members.insert(id(1))),
             ("attached", |f| f.attached = 1),
             ("deadline", |f| f.deadline = Time::from_millis(6)),
-            ("idle deadline", |f| {
-                f.tail_mut().idle_until = Time::from_millis(6);
-            }),
             ("log", |f| f.tail_mut().log.push(Bytes::new())),
             ("bytes", |f| f.tail_mut().bytes = 1),
             ("parked", |f| f.tail_mut().parked.push(id(0))),
@@ -311,15 +312,31 @@ mod tests {
     /// one re-armed at 9 ms.
     #[test]
     fn equality_sees_the_due_time_not_the_armed_one() {
+        let streaming = |f: &mut Flight| {
+            f.phase = FlightPhase::Streaming {
+                cacheable: true,
+                ends_by: Time::MAX,
+            };
+        };
         let mut lazy = flight();
+        streaming(&mut lazy);
         lazy.tail_mut().idle_until = Time::from_millis(9);
         let mut rearmed = flight();
+        streaming(&mut rearmed);
         rearmed.deadline = Time::from_millis(9);
         assert_eq!(lazy.due(), Time::from_millis(9));
         assert_eq!(lazy, rearmed);
         assert_eq!(hash_of(&lazy), hash_of(&rearmed));
         rearmed.tail_mut().idle_until = Time::from_millis(9);
         assert_eq!(lazy, rearmed, "re-arming leaves the idle deadline in place");
+        // A later idle deadline is a different flight.
+        rearmed.tail_mut().idle_until = Time::from_millis(10);
+        assert_ne!(lazy, rearmed);
+        assert_ne!(hash_of(&lazy), hash_of(&rearmed));
+        // Outside streaming the idle deadline does not count (it is never set).
+        let mut queued = flight();
+        queued.tail_mut().idle_until = Time::from_millis(9);
+        assert_eq!(queued.due(), Time::from_millis(5), "only streaming has one");
         assert_eq!(
             flight().due(),
             Time::from_millis(5),
