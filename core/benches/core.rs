@@ -5,7 +5,8 @@
 //!   `fanout/borrowed/N`: the same with `Machine::read_borrowed`;
 //! - `cache_hit`: submit, attach, read to the end, detach for a cached key;
 //! - `deadlines_1m`: arm/disarm and timeout handling with ~2,000,000 pending
-//!   deadlines (1,000,000 queued requests, each with its own flight);
+//!   deadlines (1,000,000 queued requests, each with its own flight), and the
+//!   status (queue position) of the last of them;
 //! - memory per queued request and per idle reader, printed once (criterion
 //!   measures time only), measured with the counting allocator below.
 //!
@@ -429,23 +430,45 @@ fn million_queued() -> Machine {
     m
 }
 
+/// The machine of `million_queued`, built on first use.
+fn built(million: &mut Option<Machine>) -> &mut Machine {
+    million.get_or_insert_with(|| {
+        let m = million_queued();
+        println!(
+            "deadlines_1m: {} pending deadlines, {} requests",
+            m.stats().deadlines,
+            m.stats().requests
+        );
+        m
+    })
+}
+
 fn bench_deadlines(c: &mut Criterion) {
     let mut g = c.benchmark_group("deadlines_1m");
     g.sample_size(20)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    let mut m = million_queued();
-    println!(
-        "deadlines_1m: {} pending deadlines, {} requests",
-        m.stats().deadlines,
-        m.stats().requests
-    );
+    // Built on first use, so a filter that skips this group skips the
+    // million submits too.
+    let mut million: Option<Machine> = None;
+    // The status of the last of 1,000,000 queued requests: its queue position
+    // counts the 999,999 flights ahead (O(log n) since the queue keeps counts;
+    // it was a walk over all of them).
+    g.bench_function("status_of_the_last_queued", |b| {
+        let m = built(&mut million);
+        let last = m.request_ids().last().expect("a request");
+        b.iter(|| {
+            let status = m.status(black_box(last)).expect("queued");
+            black_box(status.queue_position)
+        });
+    });
     let late = Time::from_millis(2_000);
     // Arm + disarm at 2M pending: a new request (flight queue deadline + attach
     // deadline armed), attach (attach deadline disarmed), detach (flight ends:
     // flight deadline disarmed, record removed). Net state unchanged.
     let mut next_key = 2 * MILLION as u64;
     g.bench_function("submit_attach_detach_at_2m", |b| {
+        let m = built(&mut million);
         b.iter(|| {
             next_key += 1;
             let s = m.submit(late, key(next_key)).expect("submit");
@@ -471,10 +494,11 @@ fn bench_deadlines(c: &mut Criterion) {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
+                let m = built(&mut million);
                 // Only attach expiries are timed: rebuild once all have fired
                 // (pending deadlines stay between 1M and 2M).
                 if m.stats().live_requests == 0 {
-                    m = million_queued();
+                    *m = million_queued();
                 }
                 let Some(at) = m.poll_timeout() else {
                     continue;
@@ -488,7 +512,7 @@ fn bench_deadlines(c: &mut Criterion) {
         });
     });
     g.finish();
-    drop(m);
+    drop(million);
 }
 
 // ----- memory ----------------------------------------------------------------

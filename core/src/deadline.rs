@@ -7,7 +7,36 @@
 //! O(log n). The one exception is a queued flight: its deadline is implied by the
 //! queue's order (see [`Queue`](crate::queue::Queue)). The driver sleeps until the
 //! earliest of both and no longer.
+//!
+//! # The lazy idle deadline
+//!
+//! A streaming flight's deadline is `min(ends_by, last chunk + idle_timeout)`, so
+//! every chunk moves it later. Moving an entry is a B-tree removal and insertion
+//! (about 690 instructions, most of a chunk's cost), so a chunk does not move it:
+//! it records the new idle deadline in the flight ([`Flight::due`]) and leaves
+//! the entry where it is, *earlier* than the flight is due. Such an entry is
+//! **stale**. Two rules keep this invisible through the public API:
+//!
+//! - **A stale entry is never the earliest after an input.** Every input ends by
+//!   re-arming stale entries at the front of the set at their due time until the
+//!   front is not stale (`Machine::settle_deadlines`). All other entries sit at
+//!   or after the front and are due at or after their entry, so the front's time
+//!   is the earliest due time: [`Machine::poll_timeout`] is exact, as before.
+//!   Only entries that reach the front are ever moved, once each.
+//! - **A stale entry popped by `handle_timeout` is re-armed, not fired**, at its
+//!   due time, and the loop goes on. Since it can only move later, each flight
+//!   fires at its due time, in the `(time, timer)` order of the module docs of
+//!   `machine/time.rs`, exactly as if every chunk had moved it.
+//!
+//! Equality and hashing of the set ignore flight entries (they are derived from
+//! the flights, which compare [`Flight::due`]): two machines that differ only in
+//! where a stale entry sits behave identically, and the explorer counts them as
+//! one state, as it did when every chunk moved the entry.
+//!
+//! [`Flight::due`]: crate::flight::Flight::due
+//! [`Machine::poll_timeout`]: crate::Machine::poll_timeout
 
+use core::hash::{Hash, Hasher};
 use std::collections::BTreeSet;
 
 use crate::{FlightId, RequestId, Time};
@@ -47,9 +76,37 @@ impl Timer {
 }
 
 /// The set of pending deadlines.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct Deadlines {
     pending: BTreeSet<(Time, u64)>,
+}
+
+/// The tag of a packed [`Timer::Flight`] (see [`Timer::pack`]).
+const FLIGHT_TAG: u64 = 0;
+
+impl Deadlines {
+    /// The entries equality and hashing see: all but the flights' (see the
+    /// module docs).
+    fn compared(&self) -> impl Iterator<Item = &(Time, u64)> + '_ {
+        self.pending.iter().filter(|(_, t)| t >> 62 != FLIGHT_TAG)
+    }
+}
+
+impl PartialEq for Deadlines {
+    fn eq(&self, other: &Self) -> bool {
+        self.pending.len() == other.pending.len() && self.compared().eq(other.compared())
+    }
+}
+
+impl Eq for Deadlines {}
+
+impl Hash for Deadlines {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.pending.len().hash(state);
+        for entry in self.compared() {
+            entry.hash(state);
+        }
+    }
 }
 
 impl Deadlines {
@@ -95,6 +152,13 @@ impl Deadlines {
     /// The earliest pending deadline.
     pub(crate) fn next(&self) -> Option<Time> {
         self.pending.first().map(|(at, _)| *at)
+    }
+
+    /// The earliest entry, due or not, left in place.
+    pub(crate) fn first(&self) -> Option<(Time, Timer)> {
+        self.pending
+            .first()
+            .map(|(at, timer)| (*at, Timer::unpack(*timer)))
     }
 
     /// The earliest deadline if it is due at `now`, left in place.
@@ -251,6 +315,48 @@ mod tests {
         d.remove(at, flight);
         assert_eq!(d.len(), 0);
         assert!(d.check().is_ok());
+    }
+
+    /// Equality and hashing see every request and cache entry and how many
+    /// entries there are, but not where a flight's entry sits (see the module
+    /// docs: the flight compares its due time itself).
+    #[test]
+    fn equality_ignores_where_flight_entries_sit() {
+        use crate::testing::{assert_differs, assert_same};
+        let flight = Timer::Flight(FlightId::from_raw(1));
+        let mut base = Deadlines::default();
+        base.arm(
+            &mut None,
+            Time::from_millis(4),
+            Timer::Request(RequestId::from_raw(2)),
+        );
+        base.arm(&mut None, Time::from_millis(6), Timer::Cache(3));
+        let mut at = Time::ZERO;
+        base.arm_new(&mut at, Time::from_millis(5), flight);
+        let mut moved = base.clone();
+        moved.move_to(&mut at, Time::from_millis(9), flight);
+        assert_same(&base, &moved, "a flight entry's time");
+        let mut other = base.clone();
+        other.arm(
+            &mut None,
+            Time::from_millis(7),
+            Timer::Request(RequestId::from_raw(2)),
+        );
+        assert_differs(&base, &other, "a request entry");
+        let mut other = base.clone();
+        other.arm(
+            &mut Some(Time::from_millis(6)),
+            Time::from_millis(8),
+            Timer::Cache(3),
+        );
+        assert_differs(&base, &other, "a cache entry's time");
+        let mut other = base.clone();
+        other.remove(Time::from_millis(5), flight);
+        assert_differs(&base, &other, "a flight entry's presence");
+        assert_eq!(
+            base.first(),
+            Some((Time::from_millis(4), Timer::Request(RequestId::from_raw(2))))
+        );
     }
 
     #[test]

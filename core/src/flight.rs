@@ -106,6 +106,12 @@ pub(crate) struct Tail {
     pub(crate) bytes: u64,
     /// Readers that read everything so far; woken on the next append.
     pub(crate) parked: Vec<RequestId>,
+    /// While streaming, the idle deadline set by the last chunk
+    /// (`min(ends_by, chunk time + idle_timeout)`); [`Time::ZERO`] before the
+    /// first chunk. A chunk only writes this: the flight's entry in the deadline
+    /// set stays where it is until it is due ([`Flight::due`], the lazy idle
+    /// deadline of [`crate::deadline`]).
+    pub(crate) idle_until: Time,
 }
 
 #[derive(Clone, Debug)]
@@ -116,8 +122,9 @@ pub(crate) struct Flight {
     pub(crate) members: Members,
     /// How many members have a client attached.
     pub(crate) attached: usize,
-    /// The current phase's deadline. Always set: armed in the deadline set, or,
-    /// while queued, implied by the queue.
+    /// The time of the flight's entry in the deadline set, or, while queued, its
+    /// deadline implied by the queue. Always set. While streaming, chunks may
+    /// have moved the real deadline later ([`Flight::due`]).
     pub(crate) deadline: Time,
     /// `None` until a reader parks or a chunk arrives.
     tail: Option<Box<Tail>>,
@@ -127,6 +134,7 @@ const EMPTY_TAIL: &Tail = &Tail {
     log: Vec::new(),
     bytes: 0,
     parked: Vec::new(),
+    idle_until: Time::ZERO,
 };
 
 impl Flight {
@@ -138,6 +146,16 @@ impl Flight {
             attached: 0,
             deadline,
             tail: None,
+        }
+    }
+
+    /// The current phase's deadline: the armed (or queue-implied) one, or,
+    /// while streaming, later if a chunk has moved the idle deadline since it
+    /// was armed.
+    pub(crate) fn due(&self) -> Time {
+        match self.phase {
+            FlightPhase::Streaming { .. } => self.deadline.max(self.tail().idle_until),
+            _ => self.deadline,
         }
     }
 
@@ -160,7 +178,9 @@ impl Flight {
     }
 }
 
-// Equality and hashing see the tail's content, not whether it was allocated.
+// Equality and hashing see the tail's content, not whether it was allocated, and
+// the flight's deadline as `due()`: where its entry in the deadline set sits is
+// not observable (the deadline set's equality ignores flight entries too).
 impl PartialEq for Flight {
     fn eq(&self, other: &Self) -> bool {
         let (a, b) = (self.tail(), other.tail());
@@ -168,7 +188,7 @@ impl PartialEq for Flight {
             && self.phase == other.phase
             && self.members == other.members
             && self.attached == other.attached
-            && self.deadline == other.deadline
+            && self.due() == other.due()
             && a.log == b.log
             && a.bytes == b.bytes
             && a.parked == b.parked
@@ -183,7 +203,7 @@ impl Hash for Flight {
         self.phase.hash(state);
         self.members.hash(state);
         self.attached.hash(state);
-        self.deadline.hash(state);
+        self.due().hash(state);
         let t = self.tail();
         t.log.hash(state);
         t.bytes.hash(state);
@@ -285,6 +305,43 @@ mod tests {
             assert_ne!(a, b, "{field} must count for equality");
             assert_ne!(hash_of(a), hash_of(b), "{field} must count for hashing");
         }
+    }
+
+    /// Equality sees when the flight is due, not where its entry is armed: an
+    /// entry at 5 ms with a chunk's idle deadline at 9 ms is the same flight as
+    /// one re-armed at 9 ms.
+    #[test]
+    fn equality_sees_the_due_time_not_the_armed_one() {
+        let streaming = |f: &mut Flight| {
+            f.phase = FlightPhase::Streaming {
+                cacheable: true,
+                ends_by: Time::MAX,
+            };
+        };
+        let mut lazy = flight();
+        streaming(&mut lazy);
+        lazy.tail_mut().idle_until = Time::from_millis(9);
+        let mut rearmed = flight();
+        streaming(&mut rearmed);
+        rearmed.deadline = Time::from_millis(9);
+        assert_eq!(lazy.due(), Time::from_millis(9));
+        assert_eq!(lazy, rearmed);
+        assert_eq!(hash_of(&lazy), hash_of(&rearmed));
+        rearmed.tail_mut().idle_until = Time::from_millis(9);
+        assert_eq!(lazy, rearmed, "re-arming leaves the idle deadline in place");
+        // A later idle deadline is a different flight.
+        rearmed.tail_mut().idle_until = Time::from_millis(10);
+        assert_ne!(lazy, rearmed);
+        assert_ne!(hash_of(&lazy), hash_of(&rearmed));
+        // Outside streaming the idle deadline does not count (it is never set).
+        let mut queued = flight();
+        queued.tail_mut().idle_until = Time::from_millis(9);
+        assert_eq!(queued.due(), Time::from_millis(5), "only streaming has one");
+        assert_eq!(
+            flight().due(),
+            Time::from_millis(5),
+            "no chunk: the armed one"
+        );
     }
 
     #[test]

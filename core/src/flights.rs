@@ -79,8 +79,9 @@ impl Flights {
 
     /// The flights' own invariants: every flight has a member, is its key's live
     /// flight ([invariant 3](crate::contract#invariant-3)), has its phase deadline
-    /// armed unless queued (a queued flight's is implied by the queue), and counts
-    /// its log's bytes right, within `max_bytes`; the index holds nothing else.
+    /// armed unless queued (a queued flight's is implied by the queue), has an
+    /// idle deadline only while streaming, and counts its log's bytes right,
+    /// within `max_bytes`; the index holds nothing else.
     pub(crate) fn check(&self, deadlines: &Deadlines, max_bytes: u64) -> Result<(), String> {
         for (id, f) in self.iter() {
             if f.members.is_empty() {
@@ -94,6 +95,10 @@ impl Flights {
                 (true, true) => return Err(format!("{id} queued with an armed deadline")),
                 (false, false) => return Err(format!("{id} deadline not armed")),
                 _ => {}
+            }
+            let streaming = matches!(f.phase, FlightPhase::Streaming { .. });
+            if !streaming && f.tail().idle_until != Time::ZERO {
+                return Err(format!("{id} has an idle deadline but is not streaming"));
             }
             let bytes: u64 = f.tail().log.iter().map(|b| b.len() as u64).sum();
             if bytes != f.tail().bytes || bytes > max_bytes {
@@ -195,6 +200,10 @@ mod tests {
         f.get_mut(a).unwrap().tail_mut().bytes = 2;
         assert_eq!(f.check(&deadlines, 2), Ok(()));
         fails(&f, &deadlines, 1, "byte count");
+
+        let mut f = flights.clone();
+        f.get_mut(b).unwrap().tail_mut().idle_until = Time::from_millis(30);
+        fails(&f, &deadlines, 100, "idle deadline but is not streaming");
 
         let mut f = flights.clone();
         f.live.insert(&Key::from("ghost"), a);

@@ -308,6 +308,7 @@ impl Machine {
 
     /// The next action for the driver. Drain this after every input.
     #[must_use]
+    #[inline]
     pub fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop_front()
     }

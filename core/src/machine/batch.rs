@@ -2,7 +2,7 @@
 //! sequence of the one-chunk inputs, only cheaper:
 //!
 //! - [`Machine::handle_chunks`]: the chunks an upstream had ready at once, in one
-//!   input (one phase check, one lookup, one deadline move, one round of wakes),
+//!   input (one phase check, one lookup, one idle deadline, one round of wakes),
 //!   the same as [`Machine::handle_chunk`] for each in order;
 //! - [`Machine::read_borrowed`]: a read that lends the new chunks instead of
 //!   cloning each into an owned [`Item`](crate::Item), the same state change as
@@ -11,7 +11,6 @@
 use bytes::Bytes;
 
 use super::Machine;
-use crate::deadline::Timer;
 use crate::flight::FlightPhase;
 use crate::reading;
 use crate::{Failure, FlightId, Outcome, Readiness, RequestError, RequestId, StaleFlight, Time};
@@ -58,6 +57,12 @@ impl Machine {
         let Some(f) = self.flights.get_mut(flight) else {
             return Err(StaleFlight);
         };
+        // The lazy idle deadline: a chunk records it, its entry in the deadline
+        // set stays (crate::deadline's module docs).
+        let idle_until = match f.phase {
+            FlightPhase::Streaming { ends_by, .. } => ends_by.min(now + idle),
+            _ => f.deadline,
+        };
         let tail = f.tail_mut();
         let mut accepted = 0;
         let mut too_large = false;
@@ -75,18 +80,14 @@ impl Machine {
             for id in tail.parked.drain(..) {
                 self.records.wake(&mut self.actions, id, flight);
             }
-            if let FlightPhase::Streaming { ends_by, .. } = f.phase {
-                self.deadlines.move_to(
-                    &mut f.deadline,
-                    ends_by.min(now + idle),
-                    Timer::Flight(flight),
-                );
-            }
+            tail.idle_until = idle_until;
         }
         if too_large {
             let failure = Failure::ResponseTooLarge { limit };
             self.end_flight(now, flight, &Outcome::Failed(failure), true);
             self.pump(now);
+        } else {
+            self.settle_deadlines();
         }
         Ok(accepted)
     }

@@ -7,7 +7,8 @@ use crate::request::Life;
 use crate::{FlightId, Key, Outcome, RequestId, RequestState, RequestStatus, Stats};
 
 impl Machine {
-    /// A snapshot of one request; `None` if no record exists.
+    /// A snapshot of one request; `None` if no record exists. O(log n), the
+    /// queue position included (the queue keeps counts of its flights).
     #[must_use]
     pub fn status(&self, request: RequestId) -> Option<RequestStatus> {
         let req = self.records.get(request)?;
@@ -108,6 +109,7 @@ impl Machine {
             .and_then(|()| self.cache.check(&self.deadlines))
             .and_then(|()| self.deadlines.check())
             .and_then(|()| self.check_deadline_owners())
+            .and_then(|()| self.check_settled())
             .map_err(InvariantViolation)
     }
 

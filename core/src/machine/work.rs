@@ -110,7 +110,9 @@ impl Machine {
 
     /// Hands free slots to waiters: queued flights to preparation slots, then
     /// attached prepared flights to stream slots, both FIFO
-    /// (rules [4](crate::contract#rule-4)-[6](crate::contract#rule-6)).
+    /// (rules [4](crate::contract#rule-4)-[6](crate::contract#rule-6)). Every
+    /// input that changes the deadline set ends here, so this is also where the
+    /// earliest deadline is settled (`settle_deadlines`).
     pub(super) fn pump(&mut self, now: Time) {
         while self.slots.preparing() < self.config.max_concurrent_requests {
             let Some(fid) = self.queue.pop() else {
@@ -150,6 +152,7 @@ impl Machine {
             self.totals.streams_started += 1;
             self.actions.push_back(Action::StartStream { flight: fid });
         }
+        self.settle_deadlines();
     }
 
     /// One live member leaves its flight with `outcome` (cancel, detach, attach
