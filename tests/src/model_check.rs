@@ -167,6 +167,7 @@ pub fn random_configs() -> impl Strategy<Value = Config> {
                 attach_timeout: attach_t,
                 cancelled_retention: cancelled_r,
                 finished_retention: finished_r,
+                cluster: false,
             },
         )
 }
