@@ -1,7 +1,7 @@
 //! The exhaustive explorer of [`crate::cluster_world`]: every interleaving of
 //! two instances over one key and a simulated Redis, within a
 //! [`ClusterBound`], with every check after every transition and a run to rest
-//! in every state without running user work. Its report counts how often the
+//! in every quiet state. Its report counts how often the
 //! situations the bound exists for ([`CLUSTER_MUST_SEE`]) were reached, so a
 //! bound that stops reaching them fails instead of passing for nothing.
 
@@ -87,7 +87,7 @@ pub struct ClusterReport {
     pub transitions: usize,
     /// Longest path.
     pub max_depth: usize,
-    /// States run to rest (no user work running in them).
+    /// States run to rest (the quiet ones, see [`ClusterWorld::is_quiet`]).
     pub rested: usize,
     /// For each situation of [`CLUSTER_MUST_SEE`], how many states showed it.
     pub coverage: BTreeMap<&'static str, usize>,
@@ -116,8 +116,8 @@ impl std::fmt::Display for ClusterCounterexample {
 
 /// Explores every interleaving of the cluster world within `bound`,
 /// depth-first, deduplicating states by a 128-bit fingerprint, with every
-/// check after every transition and a run to rest in every state without
-/// running user work (see the module docs).
+/// check after every transition and a run to rest in every quiet state (see
+/// [`ClusterWorld::is_quiet`] for why that covers every state).
 ///
 /// # Errors
 /// The first violation, with the path that reached it.
@@ -140,7 +140,6 @@ pub fn explore_cluster(bound: &ClusterBound) -> Result<ClusterReport, Box<Cluste
     };
     let mut seen: HashSet<u128> = HashSet::new();
     seen.insert(fingerprint(&root));
-    let mut rested: HashSet<u128> = HashSet::new();
     let mut path: Vec<ClusterOp> = Vec::new();
     let ops = root.enabled(bound);
     let mut stack = vec![(root, ops, 0usize)];
@@ -164,10 +163,10 @@ pub fn explore_cluster(bound: &ClusterBound) -> Result<ClusterReport, Box<Cluste
         report.states += 1;
         report.max_depth = report.max_depth.max(path.len());
         cover(&child, &mut report.coverage);
-        if !child.work_running() {
+        if child.is_quiet(bound) {
             report.rested += 1;
             let mut copy = child.clone();
-            if let Err(v) = copy.finish_known(bound, &mut rested) {
+            if let Err(v) = copy.finish(bound) {
                 return Err(fail(&path, format!("at rest: {v}")));
             }
         }
