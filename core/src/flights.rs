@@ -96,9 +96,14 @@ impl Flights {
                 (false, false) => return Err(format!("{id} deadline not armed")),
                 _ => {}
             }
-            let streaming = matches!(f.phase, FlightPhase::Streaming { .. });
+            let streaming = matches!(
+                f.phase,
+                FlightPhase::Streaming { .. } | FlightPhase::Following { .. }
+            );
             if !streaming && f.tail().idle_until != Time::ZERO {
-                return Err(format!("{id} has an idle deadline but is not streaming"));
+                return Err(format!(
+                    "{id} has an idle deadline but is neither streaming nor following"
+                ));
             }
             let bytes: u64 = f.tail().log.iter().map(|b| b.len() as u64).sum();
             if bytes != f.tail().bytes || bytes > max_bytes {
@@ -203,7 +208,12 @@ mod tests {
 
         let mut f = flights.clone();
         f.get_mut(b).unwrap().tail_mut().idle_until = Time::from_millis(30);
-        fails(&f, &deadlines, 100, "idle deadline but is not streaming");
+        fails(
+            &f,
+            &deadlines,
+            100,
+            "idle deadline but is neither streaming nor following",
+        );
 
         let mut f = flights.clone();
         f.live.insert(&Key::from("ghost"), a);

@@ -79,6 +79,11 @@
 //! assert!(machine.poll_timeout().is_some());
 //! ```
 //!
+//! ## Several machines
+//! With [`Config::cluster`] set, machines on several gateway instances share
+//! flights through a coordinator (Redis): the machine asks who runs a new key
+//! ([`Action::Claim`]) and takes the answer as an input. See [`cluster`].
+//!
 //! ## Determinism
 //! Ids are sequential, all maps are ordered, nothing is random. [`Input`] and
 //! [`Action`] are serde types: a run recorded as `(Time, Input)` pairs replays
@@ -88,6 +93,7 @@
 
 mod action;
 mod cache;
+pub mod cluster;
 mod config;
 pub mod contract;
 mod deadline;
@@ -107,6 +113,7 @@ mod outcome;
 mod queue;
 mod reading;
 mod records;
+mod remote;
 mod request;
 mod slots;
 mod stats;
@@ -116,6 +123,7 @@ mod testing;
 mod time;
 
 pub use action::Action;
+pub use cluster::Role;
 pub use config::{Config, ConfigError};
 pub use error::{RequestError, StaleFlight, SubmitError};
 pub use id::{FlightId, RequestId};

@@ -1,9 +1,12 @@
 //! The admission queue: flights waiting for a preparation slot, first in first
 //! out ([rule 3](crate::contract#rule-3)).
 //!
-//! The queue holds flight ids only. Flight ids grow with creation and a flight
-//! is queued when it is created, so arrival order is id order, and a flight's
-//! position is the number of queued flights with a smaller id.
+//! The queue holds flight ids only, in id order. Flight ids grow with creation
+//! and a local flight is queued when it is created, so arrival order is id
+//! order, and a flight's position is the number of queued flights with a
+//! smaller id. (In cluster mode an owner flight is queued when its claim is
+//! answered, possibly after a younger one: it takes its id's place, as the
+//! ordered set this queue replaced did; see [`Queue::push`].)
 //!
 //! A queued flight's deadline is not armed in [`Deadlines`](crate::deadline):
 //! every flight is queued at creation with `now + queue_timeout`, time never runs
@@ -55,10 +58,27 @@ pub(crate) struct Queue {
 }
 
 impl Queue {
-    /// Appends a new flight (its id is the largest so far).
+    /// Queues a flight. A new local flight has the largest id so far and is
+    /// appended in O(1) amortised.
+    ///
+    /// In cluster mode a flight is queued when its claim is answered, and claims
+    /// may be answered out of creation order: a flight older than the newest
+    /// slot is inserted at its id's place instead (O(slots): the slots shift
+    /// and the counts are rebuilt), so the queue stays in id order, which is
+    /// also deadline order ([rule 25](crate::contract#rule-25): claiming is
+    /// queue time, with the deadline fixed at creation).
     pub(crate) fn push(&mut self, flight: FlightId) {
-        self.slots.push(flight.raw());
-        self.counts.push(1);
+        let raw = flight.raw();
+        if self.slots.last().is_none_or(|last| (last & !GONE) < raw) {
+            self.slots.push(raw);
+            self.counts.push(1);
+        } else {
+            self.slots.retain(|slot| slot & GONE == 0);
+            let at = self.slots.partition_point(|slot| *slot < raw);
+            self.slots.insert(at, raw);
+            self.head = 0;
+            self.counts.reset_to_ones(self.slots.len());
+        }
         self.len += 1;
     }
 
@@ -326,6 +346,28 @@ mod tests {
             queue.push(id);
         }
         (flights, queue)
+    }
+
+    #[test]
+    fn an_older_flight_queued_late_takes_its_id_place() {
+        // Cluster mode: claims answered out of creation order.
+        let f = |n| FlightId::from_raw(n);
+        let mut queue = Queue::default();
+        for n in [3, 7, 9] {
+            queue.push(f(n));
+        }
+        queue.remove(f(3)); // a gone slot before the insertion point
+        queue.push(f(5));
+        queue.push(f(1));
+        assert_eq!(queue.iter().collect::<Vec<_>>(), [1, 5, 7, 9].map(f));
+        assert_eq!([1, 5, 7, 9].map(|n| queue.position(f(n))), [0, 1, 2, 3]);
+        assert_eq!(queue.len(), 4);
+        queue
+            .check_layout()
+            .expect("slots in id order, counts agree");
+        assert_eq!(queue.pop(), Some(f(1)));
+        queue.push(f(11));
+        assert_eq!(queue.iter().collect::<Vec<_>>(), [5, 7, 9, 11].map(f));
     }
 
     #[test]

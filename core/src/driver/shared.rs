@@ -281,6 +281,9 @@ impl<P: Send + 'static, R: Runtime> Shared<P, R> {
                         }
                     }
                 }
+                // Cluster mode only (`Config::cluster`), which this driver does
+                // not turn on yet: never emitted here.
+                Action::Claim { .. } | Action::Publish { .. } | Action::Release { .. } => {}
             }
         }
         let next = g.machine.poll_timeout();

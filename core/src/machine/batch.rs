@@ -13,7 +13,9 @@ use bytes::Bytes;
 use super::Machine;
 use crate::flight::FlightPhase;
 use crate::reading;
-use crate::{Failure, FlightId, Outcome, Readiness, RequestError, RequestId, StaleFlight, Time};
+use crate::{
+    Action, Failure, FlightId, Outcome, Readiness, RequestError, RequestId, StaleFlight, Time,
+};
 
 /// What [`Machine::read_borrowed`] found: the new chunks, lent, and the outcome
 /// if this read is the terminal one.
@@ -32,13 +34,17 @@ impl Machine {
     /// The upstream of `flight` produced several chunks at once: the same as
     /// [`Machine::handle_chunk`] for each of them in order (rules
     /// [7](crate::contract#rule-7), [16](crate::contract#rule-16),
-    /// [22](crate::contract#rule-22)), in one input. Returns how many chunks were
+    /// [22](crate::contract#rule-22)), in one input. In cluster mode an owner
+    /// also emits the accepted chunks as one [`Action::Publish`]
+    /// ([rule 26](crate::contract#rule-26)). Returns how many chunks were
     /// appended to the log; if one takes the response past `max_response_bytes`,
     /// the flight fails with it and the chunks after it are ignored, as they
     /// would be one by one.
     ///
     /// # Errors
-    /// [`StaleFlight`] if the flight is not streaming; every chunk is ignored
+    /// [`StaleFlight`] if the flight is not streaming (nor, in cluster mode,
+    /// following: a follower's chunks are its owner's log,
+    /// [rule 27](crate::contract#rule-27)); every chunk is ignored
     /// ([rule 16](crate::contract#rule-16)).
     pub fn handle_chunks(
         &mut self,
@@ -46,7 +52,13 @@ impl Machine {
         flight: FlightId,
         chunks: impl IntoIterator<Item = Bytes>,
     ) -> Result<usize, StaleFlight> {
-        self.expect_phase(flight, |p| matches!(p, FlightPhase::Streaming { .. }))?;
+        // A follower's chunks come from the owner's log (contract rule 27).
+        self.expect_phase(flight, |p| {
+            matches!(
+                p,
+                FlightPhase::Streaming { .. } | FlightPhase::Following { .. }
+            )
+        })?;
         let mut chunks = chunks.into_iter().peekable();
         if chunks.peek().is_none() {
             return Ok(0);
@@ -60,23 +72,21 @@ impl Machine {
         // The lazy idle deadline: a chunk records it, its entry in the deadline
         // set stays (crate::deadline's module docs).
         let idle_until = match f.phase {
-            FlightPhase::Streaming { ends_by, .. } => ends_by.min(now + idle),
+            FlightPhase::Streaming { ends_by, .. } | FlightPhase::Following { ends_by } => {
+                ends_by.min(now + idle)
+            }
             _ => f.deadline,
         };
         let tail = f.tail_mut();
-        let mut accepted = 0;
-        let mut too_large = false;
-        for data in chunks {
-            let bytes = tail.bytes.saturating_add(data.len() as u64);
-            if bytes > limit {
-                too_large = true;
-                break; // the rest is ignored, as one by one after the failure
-            }
-            tail.bytes = bytes;
-            tail.log.push(data);
-            accepted += 1;
-        }
+        let before = tail.log.len();
+        // Past the limit the rest is ignored, as one by one after the failure.
+        let (accepted, too_large) = tail.append(chunks, limit);
         if accepted > 0 {
+            if self.config.cluster && self.remote.is_owner(flight) {
+                // Contract rule 26: the owner publishes what it accepted, in order.
+                let chunks = tail.log[before..].to_vec();
+                self.actions.push_back(Action::Publish { flight, chunks });
+            }
             for id in tail.parked.drain(..) {
                 self.records.wake(&mut self.actions, id, flight);
             }
@@ -119,7 +129,7 @@ impl Machine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Action, Config, Item, Prepared};
+    use crate::{Config, Item, Prepared};
 
     /// A machine with one streaming flight of `readers` attached members.
     fn streaming(config: Config, readers: usize) -> (Machine, FlightId, Vec<RequestId>) {
