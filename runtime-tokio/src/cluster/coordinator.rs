@@ -11,7 +11,8 @@
 //! encoded with `postcard` (every instance of a cluster runs the same version).
 //!
 //! Errors are values: a claim that fails is [`Claim::Unavailable`] with the
-//! error's text; a write that fails or is fenced is [`Lost`] (a Redis error
+//! error's text (a claim that fails on a dropped connection is asked once
+//! more, on the reconnected one); a write that fails or is fenced is [`Lost`] (a Redis error
 //! counts as lost: a write whose reply was lost cannot be replayed blindly); a
 //! follower's read that fails is [`RemoteEvent::Failed`], and a lapsed owner
 //! [`RemoteEvent::OwnerLost`].
@@ -96,7 +97,17 @@ impl Coordinator for RedisCoordinator {
         let cluster = self.cluster.clone();
         Box::pin(async move {
             let key = Bytes::copy_from_slice(key.as_bytes());
-            match cluster.claim(&key).await {
+            let mut answer = cluster.claim(&key).await;
+            if matches!(&answer, Err(ClusterError::Redis(e)) if e.is_connection_dropped() || e.is_io_error())
+            {
+                // The command connection reconnects by itself after a drop (a
+                // Redis restart), but the first command after it fails. A
+                // claim may be asked again: if the lost reply had taken the
+                // lease, this claim follows that (silent) generation, sees its
+                // owner lost after one lease, and claims again (rule 28).
+                answer = cluster.claim(&key).await;
+            }
+            match answer {
                 Ok(RedisClaim::Owner { generation }) => Claim::Owner(Box::new(RedisPublisher {
                     cluster,
                     key,
