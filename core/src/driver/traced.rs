@@ -23,8 +23,8 @@ use serde::Serialize;
 use super::recorder::{RecordError, Recorder, RecordingStatus};
 use super::trace::{encode_header, encode_record, TraceHeader, VERSION};
 use crate::{
-    Action, Failure, FlightId, Input, Item, Key, Machine, Prepared, Readiness, Reply, RequestError,
-    RequestId, StaleFlight, Submission, SubmitError, Time,
+    Action, Failure, FlightId, Input, Item, Key, Machine, Outcome, Prepared, Readiness, Reply,
+    RequestError, RequestId, Role, StaleFlight, Submission, SubmitError, Time,
 };
 
 /// A step as [`TraceStep`](super::trace::TraceStep) serialises it, borrowing its parts (the same bytes).
@@ -200,6 +200,62 @@ impl TracedMachine {
             }
         }
         Ok(accepted)
+    }
+
+    /// Cluster mode: a claim's answer ([`Machine::handle_claimed`]).
+    pub(crate) fn handle_claimed(
+        &mut self,
+        now: Time,
+        flight: FlightId,
+        role: Role,
+    ) -> Result<(), StaleFlight> {
+        let input = self.recording(|| Input::Claimed {
+            flight,
+            role: role.clone(),
+        });
+        let apply = |m: &mut Machine| m.handle_claimed(now, flight, role);
+        self.step(now, input, apply, |out| Reply::Flight(*out))
+    }
+
+    /// Cluster mode: a follower's remote end ([`Machine::handle_remote_end`]).
+    pub(crate) fn handle_remote_end(
+        &mut self,
+        now: Time,
+        flight: FlightId,
+        outcome: Outcome,
+    ) -> Result<(), StaleFlight> {
+        let input = self.recording(|| Input::RemoteEnded {
+            flight,
+            outcome: outcome.clone(),
+        });
+        let apply = |m: &mut Machine| m.handle_remote_end(now, flight, outcome);
+        self.step(now, input, apply, |out| Reply::Flight(*out))
+    }
+
+    /// Cluster mode: a follower's owner is gone ([`Machine::handle_owner_lost`]).
+    pub(crate) fn handle_owner_lost(
+        &mut self,
+        now: Time,
+        flight: FlightId,
+    ) -> Result<(), StaleFlight> {
+        let input = self.recording(|| Input::OwnerLost { flight });
+        let apply = |m: &mut Machine| m.handle_owner_lost(now, flight);
+        self.step(now, input, apply, |out| Reply::Flight(*out))
+    }
+
+    /// Cluster mode: an owner's write was refused ([`Machine::handle_fenced`]).
+    pub(crate) fn handle_fenced(
+        &mut self,
+        now: Time,
+        flight: FlightId,
+        reason: String,
+    ) -> Result<(), StaleFlight> {
+        let input = self.recording(|| Input::Fenced {
+            flight,
+            reason: reason.clone(),
+        });
+        let apply = |m: &mut Machine| m.handle_fenced(now, flight, reason);
+        self.step(now, input, apply, |out| Reply::Flight(*out))
     }
 
     pub(crate) fn handle_upstream_end(
