@@ -105,6 +105,7 @@
 //! waiting.
 
 mod cluster;
+mod dispatch;
 mod recorder;
 mod remote;
 mod shared;

@@ -1,11 +1,10 @@
 //! The one place where the machine meets real tasks: the lock around the machine
-//! and the adapter's per-flight data, the action dispatch, spawning the user's
-//! tasks with their stop signals (the tasks themselves are in `work.rs`), the
-//! timer task, and the task accounting.
+//! and the adapter's per-flight data, spawning tasks with their stop signals
+//! (the user's tasks are in `work.rs`, the cluster's in `remote.rs`), the timer
+//! task, and the task accounting. The action dispatch is in `dispatch.rs`.
 //! See the [module docs](super) for who may touch what.
 
 use core::future::Future;
-use std::any::Any;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -14,13 +13,14 @@ use event_listener::Event;
 use futures_lite::future::FutureExt as _;
 
 use super::cluster::Coordinator;
-use super::remote::{PublishOp, PublishQueue};
+use super::dispatch::After;
+use super::remote::PublishQueue;
 use super::signal::Signal;
 use super::traced::TracedMachine;
 use super::user::{Opener, PrepareFn};
 use super::{Runtime, TaskCounts};
 use crate::idmap::IdMap;
-use crate::{Action, Failure, FlightId, Item, Machine, Readiness, RequestId, Role, Time};
+use crate::{FlightId, Item, Machine, Readiness, RequestId, Time};
 
 /// What one read under the manager's lock gave.
 pub(crate) enum Read {
@@ -33,22 +33,22 @@ pub(crate) enum Read {
 }
 
 /// What the adapter holds for one live flight; dropped on `FlightEnded`.
-struct FlightData<P> {
+pub(super) struct FlightData<P> {
     /// The payload of the submit that created the flight, until preparation starts.
-    payload: Option<P>,
+    pub(super) payload: Option<P>,
     /// The prepared value (inside the opener), until the stream starts.
-    opener: Option<Opener>,
+    pub(super) opener: Option<Opener>,
     /// The stop signal of the running preparation or upstream task (or, for a
     /// follower flight in cluster mode, of its follow task).
-    stop: Option<Arc<Signal>>,
+    pub(super) stop: Option<Arc<Signal>>,
     /// Cluster mode, owner flights: the queue of their publisher task. Dropped
     /// (outside the lock) on `FlightEnded`, which ends the task once it has
     /// written what is queued.
-    publish: Option<PublishQueue>,
+    pub(super) publish: Option<PublishQueue>,
 }
 
 impl<P> FlightData<P> {
-    fn empty() -> Self {
+    pub(super) fn empty() -> Self {
         FlightData {
             payload: None,
             opener: None,
@@ -60,23 +60,23 @@ impl<P> FlightData<P> {
 
 /// The timer task's view of the machine's next deadline.
 #[derive(Default)]
-struct TimerState {
+pub(super) struct TimerState {
     /// What the timer task sleeps until. Never later than the machine's next
     /// deadline: it is lowered at once, and raised only after the timer fires
     /// (a deadline moving later costs at most one early, harmless wake).
-    target: Option<Time>,
+    pub(super) target: Option<Time>,
     /// Set by shutdown: the timer task exits.
-    closed: bool,
+    pub(super) closed: bool,
 }
 
 /// Everything the manager's lock protects.
 pub(crate) struct State<P> {
     /// The machine, with the trace recorder if one is attached.
     pub(crate) machine: TracedMachine,
-    flights: BTreeMap<FlightId, FlightData<P>>,
+    pub(super) flights: BTreeMap<FlightId, FlightData<P>>,
     /// The wake signal of every attached result stream, until it is dropped.
-    readers: IdMap<RequestId, Arc<Signal>>,
-    timer: TimerState,
+    pub(super) readers: IdMap<RequestId, Arc<Signal>>,
+    pub(super) timer: TimerState,
 }
 
 impl<P> State<P> {
@@ -124,19 +124,6 @@ impl<P> State<P> {
             .or_insert_with(FlightData::empty)
             .stop = Some(stop);
     }
-}
-
-/// What is done after the lock is released.
-#[derive(Default)]
-struct After {
-    /// Stop signals set under the lock, to notify.
-    stop: Vec<Arc<Signal>>,
-    /// The user's values to drop (their `Drop` may be slow or take locks).
-    drop: Vec<Box<dyn Any + Send>>,
-    /// Reader signals set under the lock, to notify.
-    wake: Vec<Arc<Signal>>,
-    /// The timer's target moved earlier.
-    timer: bool,
 }
 
 /// Counts spawned and finished tasks, and lets `shutdown` wait for all of them.
@@ -189,7 +176,7 @@ impl Drop for TaskGuard {
 pub(crate) struct Shared<P, R: Runtime> {
     me: Weak<Self>,
     pub(crate) runtime: R,
-    prepare: PrepareFn<P>,
+    pub(super) prepare: PrepareFn<P>,
     /// Cluster mode: who runs a key across instances (`None`: a single instance).
     pub(super) coordinator: Option<Arc<dyn Coordinator>>,
     /// Set by shutdown: unanswered claims are dropped.
@@ -199,7 +186,7 @@ pub(crate) struct Shared<P, R: Runtime> {
     pub(super) max_response_bytes: u64,
     state: Mutex<State<P>>,
     /// Notified when the timer's target moves earlier, or on shutdown.
-    timer_changed: Event,
+    pub(super) timer_changed: Event,
     pub(crate) tasks: Arc<Tasks>,
 }
 
@@ -266,102 +253,6 @@ impl<P: Send + 'static, R: Runtime> Shared<P, R> {
             self.timer_changed.notify(1);
         }
         out
-    }
-
-    /// Carries out the machine's actions, in order, deciding nothing.
-    fn dispatch(&self, g: &mut State<P>, now: Time, after: &mut After) {
-        while let Some(action) = g.machine.poll_action() {
-            match action {
-                Action::StartPreparation { flight, .. } => {
-                    let data = g.flights.get_mut(&flight);
-                    match data.and_then(|d| d.payload.take().map(|p| (d, p))) {
-                        Some((data, payload)) => {
-                            let work = (self.prepare)(payload);
-                            data.stop = Some(self.start_preparation(flight, work));
-                        }
-                        None => {
-                            // Unreachable: a new flight's payload is stored with it.
-                            let failure = Failure::Preparation("no payload".to_owned());
-                            let _ = g.machine.handle_prepared(now, flight, Err(failure));
-                        }
-                    }
-                }
-                Action::StartStream { flight } => {
-                    let data = g.flights.get_mut(&flight);
-                    match data.and_then(|d| d.opener.take().map(|o| (d, o))) {
-                        Some((data, opener)) => {
-                            // The preparation's task reported already: its signal goes.
-                            data.stop = Some(self.start_stream(flight, opener));
-                        }
-                        None => {
-                            // Unreachable: a prepared flight's opener is stored with it.
-                            let failure = Failure::Upstream("no prepared value".to_owned());
-                            let _ = g.machine.handle_upstream_end(now, flight, Err(failure));
-                        }
-                    }
-                }
-                Action::Abort { flight, .. } => {
-                    if let Some(stop) = g.flights.get_mut(&flight).and_then(|d| d.stop.take()) {
-                        stop_task(stop, after);
-                    }
-                }
-                Action::FlightEnded { flight } => {
-                    if let Some(mut data) = g.flights.remove(&flight) {
-                        if let Some(stop) = data.stop.take() {
-                            stop_task(stop, after);
-                        }
-                        if let Some(payload) = data.payload.take() {
-                            after.drop.push(Box::new(payload));
-                        }
-                        if let Some(opener) = data.opener.take() {
-                            after.drop.push(Box::new(opener));
-                        }
-                        if let Some(queue) = data.publish.take() {
-                            after.drop.push(Box::new(queue));
-                        }
-                    }
-                }
-                Action::Wake { request } => {
-                    if let Some(signal) = g.readers.get(&request) {
-                        if signal.set() {
-                            after.wake.push(Arc::clone(signal));
-                        }
-                    }
-                }
-                Action::Claim { flight, key } => {
-                    // A re-claim: the follow task that reported the lost owner is over.
-                    if let Some(stop) = g.flights.get_mut(&flight).and_then(|d| d.stop.take()) {
-                        stop_task(stop, after);
-                    }
-                    if !self.start_claim(flight, key) {
-                        let reason = "cluster mode without a coordinator \
-                                      (use Manager::with_coordinator)"
-                            .to_owned();
-                        let _ = g
-                            .machine
-                            .handle_claimed(now, flight, Role::Unavailable(reason));
-                    }
-                }
-                Action::Publish { flight, chunks } => {
-                    publish(g, flight, PublishOp::Append(chunks));
-                }
-                Action::Release {
-                    flight,
-                    outcome,
-                    cacheable,
-                } => publish(g, flight, PublishOp::Finish { outcome, cacheable }),
-            }
-        }
-        let next = g.machine.poll_timeout();
-        let earlier = match (next, g.timer.target) {
-            (Some(n), Some(t)) => n < t,
-            (Some(_), None) => true,
-            (None, _) => false,
-        };
-        if earlier {
-            g.timer.target = next;
-            after.timer = true;
-        }
     }
 
     /// Spawns a task, counted until its future is dropped.
@@ -460,22 +351,5 @@ impl<P: Send + 'static, R: Runtime> Shared<P, R> {
             g.readers.remove(&request)
         });
         drop(signal);
-    }
-}
-
-/// Sets a task's stop signal under the lock (the upstream stops pulling at
-/// once) and queues its notification (the task drops the user's future).
-fn stop_task(stop: Arc<Signal>, after: &mut After) {
-    stop.set();
-    after.stop.push(stop);
-}
-
-/// Queues an owner flight's write for its publisher task, under the lock, so
-/// writes keep the machine's order. A flight without a queue (not an owner,
-/// which the machine never asks to publish) has nothing to do.
-fn publish<P>(g: &State<P>, flight: FlightId, op: PublishOp) {
-    if let Some(queue) = g.flights.get(&flight).and_then(|d| d.publish.as_ref()) {
-        // Unbounded: never waits; it fails only once the task is gone (fenced).
-        let _ = queue.try_send(op);
     }
 }

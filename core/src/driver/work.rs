@@ -1,6 +1,6 @@
 //! The user's work as tasks: a preparation and an upstream run here, outside the
 //! manager's lock, and report back through [`Shared::with`] (one input each).
-//! The dispatch in `shared.rs` starts them with [`Shared::start_preparation`] and
+//! The dispatch in `dispatch.rs` starts them with [`Shared::start_preparation`] and
 //! [`Shared::start_stream`] (defined here, so this module depends on `shared`
 //! and not the other way round).
 //! A panic in either is caught and reported as a failure of that flight
