@@ -191,6 +191,20 @@ pub type M<T> = Manager<Plan, <T as TestRt>::R>;
 /// # Panics
 /// Never: the caller passes a valid config.
 pub fn manager<T: TestRt>(config: Config, probe: &Arc<Probe>) -> M<T> {
+    manager_in::<T>(config, probe, None)
+}
+
+/// [`manager`], in cluster mode when given a coordinator (e.g. a
+/// [`MemoryCoordinator`](flightdeck_core::driver::MemoryCoordinator) shared by
+/// several managers: several instances in one process).
+///
+/// # Panics
+/// If `config` is invalid.
+pub fn manager_in<T: TestRt>(
+    config: Config,
+    probe: &Arc<Probe>,
+    coordinator: Option<Arc<dyn flightdeck_core::driver::Coordinator>>,
+) -> M<T> {
     crate::runtimes::quiet_deliberate_panics();
     let p = Arc::clone(probe);
     let prepare = move |plan: Plan| {
@@ -248,7 +262,11 @@ pub fn manager<T: TestRt>(config: Config, probe: &Arc<Probe>) -> M<T> {
             ))
         }
     };
-    Manager::new(config, prepare, upstream).expect("valid config")
+    match coordinator {
+        None => Manager::new(config, prepare, upstream),
+        Some(coordinator) => Manager::new_clustered(config, prepare, upstream, coordinator),
+    }
+    .expect("valid config")
 }
 
 /// Deadlines long enough not to interfere; each scenario shortens the one it tests.

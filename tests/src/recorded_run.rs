@@ -12,7 +12,8 @@ use flightdeck_tokio::driver::{RecordError, RecordingSummary};
 use flightdeck_tokio::{Config, Failure, Item, Outcome, Phase, RequestState, Route, Stats};
 
 use crate::conformance_kit::{
-    config, eventually, manager, ms, read_all, read_chunks, text, Open, Plan, Probe, Then,
+    config, eventually, manager, manager_in, ms, read_all, read_chunks, text, Open, Plan, Probe,
+    Then,
 };
 use crate::runtimes::{TestRt, DELIBERATE};
 
@@ -286,4 +287,80 @@ pub async fn dropped_while_recording<T: TestRt>() -> Vec<u8> {
     )
     .await;
     file.bytes()
+}
+
+/// Cluster mode, recorded: two managers (two instances) share one in-process
+/// coordinator and each records its run. Both submit the same key: one owns
+/// the flight and runs the upstream once, the other follows its log; both read
+/// it in full. Then the owner's last member cancels mid-stream on a key whose
+/// follower has read nothing: the follower re-claims and completes as owner.
+/// Returns both runs (owner instance first).
+///
+/// # Panics
+/// If the managers do not behave as the contract says (a test failure).
+pub async fn recorded_cluster_run<T: TestRt>() -> [RecordedRun; 2] {
+    use flightdeck_core::driver::MemoryCoordinator;
+    let name = T::NAME;
+    let coordinator = Arc::new(MemoryCoordinator::new());
+    let probe = Arc::new(Probe::default());
+    let files = [SharedBuf::default(), SharedBuf::default()];
+    let [a, b] = [0, 1].map(|i| {
+        let m = manager_in::<T>(config(), &probe, Some(coordinator.clone() as _));
+        m.record_to(files[i].clone())
+            .expect("a new manager records");
+        m
+    });
+
+    // One key on both instances: one upstream call, two complete streams.
+    let herd = || Plan::chunks(4).every(ms(20));
+    let mut on_a = a.submit_and_stream("herd", herd()).unwrap();
+    let first = read_chunks::<T>(&mut on_a, 1).await;
+    let mut on_b = b.submit_and_stream("herd", herd()).unwrap();
+    let (rest, outcome) = read_all::<T>(&mut on_a).await;
+    assert_eq!((first + &rest, outcome), (text(4), Outcome::Completed));
+    assert_eq!(
+        read_all::<T>(&mut on_b).await,
+        (text(4), Outcome::Completed)
+    );
+    drop((on_a, on_b));
+    assert_eq!(probe.get(|p| &p.opens), 1, "{name}: one upstream call");
+
+    // The owner's only member leaves before its first chunk: the follower,
+    // which has read nothing, claims again and completes as the new owner.
+    let mut owner = a
+        .submit_and_stream("again", Plan::chunks(2).open(Open::Hang))
+        .unwrap();
+    eventually::<T>("a owns the key", || {
+        a.status(owner.id())
+            .is_some_and(|s| s.state != RequestState::Claiming)
+    })
+    .await;
+    let mut follower = b.submit_and_stream("again", Plan::chunks(2)).unwrap();
+    eventually::<T>("b follows", || {
+        b.status(follower.id())
+            .is_some_and(|s| s.state == RequestState::Following)
+    })
+    .await;
+    a.cancel(owner.id()).unwrap();
+    assert_eq!(read_all::<T>(&mut owner).await.1, Outcome::Cancelled);
+    assert_eq!(
+        read_all::<T>(&mut follower).await,
+        (text(2), Outcome::Completed),
+        "{name}: the follower re-claimed and completed"
+    );
+    drop((owner, follower));
+
+    let mut runs = Vec::new();
+    for (m, file) in [(a, &files[0]), (b, &files[1])] {
+        m.shutdown().await;
+        let stats = m.stats();
+        let summary = m.stop_recording().expect("the recording finishes");
+        runs.push(RecordedRun {
+            trace: file.bytes(),
+            stats,
+            summary,
+        });
+    }
+    let [a, b]: [RecordedRun; 2] = runs.try_into().expect("two runs");
+    [a, b]
 }

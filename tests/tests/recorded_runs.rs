@@ -189,6 +189,56 @@ fn truncated_traces_are_reported_and_their_prefix_replays(bytes: &[u8]) {
     }
 }
 
+/// Two instances in cluster mode, each recording: both traces hold the
+/// cluster inputs and replay exactly, ending in each live manager's stats.
+fn cluster_runs_replay_exactly<T: TestRt>() {
+    let out = Arc::new(Mutex::new(None));
+    let slot = Arc::clone(&out);
+    T::block_on(async move {
+        let runs = flightdeck_tests::recorded_run::recorded_cluster_run::<T>().await;
+        *slot.lock().unwrap() = Some(runs);
+    });
+    let runs = out.lock().unwrap().take().expect("the runs finished");
+    let mut claims = [0, 0];
+    for (i, run) in runs.iter().enumerate() {
+        let trace = Trace::decode(&run.trace).unwrap_or_else(|e| panic!("{}: {e}", T::NAME));
+        assert!(trace.config.cluster, "{}: cluster mode recorded", T::NAME);
+        claims[i] = trace
+            .steps
+            .iter()
+            .filter(|(_, input)| matches!(input, Input::Claimed { .. }))
+            .count();
+        let machine = trace
+            .replay()
+            .unwrap_or_else(|e| panic!("{} instance {i}: {e}", T::NAME));
+        assert_eq!(machine.stats(), run.stats, "{}: replayed stats", T::NAME);
+        // Tampered: the first claim's answer removed. The flight stays
+        // claiming, so what the recording did next for it (start its
+        // preparation, follow, read its chunks) diverges; not before.
+        let first = trace
+            .steps
+            .iter()
+            .position(|(_, input)| matches!(input, Input::Claimed { .. }))
+            .expect("a claim answered");
+        let mut removed = trace.clone();
+        removed.steps.remove(first);
+        removed.actions.as_mut().expect("actions").remove(first);
+        removed.replies.as_mut().expect("replies").remove(first);
+        match removed.replay() {
+            Err(ReplayError::ReplyDiverged { step, .. } | ReplayError::Diverged { step, .. }) => {
+                assert!(
+                    step >= first,
+                    "diverged at {step}, before the removed {first}"
+                );
+            }
+            other => panic!("{}: removed claim {first}: {other:?}", T::NAME),
+        }
+    }
+    // a: two owned flights; b: a follower, then a follower that re-claimed.
+    assert_eq!(claims, [2, 3], "{}: claims answered per instance", T::NAME);
+    assert!(runs[1].stats.totals.followed >= 2, "{:?}", runs[1].stats);
+}
+
 macro_rules! on_every_runtime {
     ($($runtime:ident: $rt:ty),* $(,)?) => {
         $(
@@ -196,6 +246,11 @@ macro_rules! on_every_runtime {
                 #[test]
                 fn a_recorded_run_replays_exactly() {
                     super::replays_exactly::<$rt>();
+                }
+
+                #[test]
+                fn two_cluster_instances_record_runs_that_replay_exactly() {
+                    super::cluster_runs_replay_exactly::<$rt>();
                 }
 
                 #[test]
