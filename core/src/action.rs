@@ -2,7 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{FlightId, Key, RequestId, Work};
+use bytes::Bytes;
+
+use crate::{FlightId, Key, Outcome, RequestId, Work};
 
 /// An instruction for the driver, drained with
 /// [`Machine::poll_action`](crate::Machine::poll_action).
@@ -26,8 +28,10 @@ pub enum Action {
         /// The flight.
         flight: FlightId,
     },
-    /// Stop the running preparation or upstream of this flight now. Its slot is
-    /// already free; anything it still reports is ignored.
+    /// Stop the running preparation or upstream of this flight now (for a
+    /// follower flight in cluster mode, `Work::Stream`: stop following the
+    /// remote log). Its slot is already free; anything it still reports is
+    /// ignored.
     Abort {
         /// The flight.
         flight: FlightId,
@@ -45,5 +49,40 @@ pub enum Action {
     Wake {
         /// The request whose reader to wake.
         request: RequestId,
+    },
+    /// Cluster mode: ask the coordinator who runs `key` for this new (or
+    /// re-claiming) flight, and report the answer with `handle_claimed`
+    /// ([rule 25](crate::contract#rule-25)). If the flight ends first (its
+    /// `FlightEnded` comes, or `handle_claimed` answers `StaleFlight`) and the
+    /// answer was `Owner`, the driver gives the lease back with nothing
+    /// published.
+    Claim {
+        /// The flight.
+        flight: FlightId,
+        /// Its key.
+        key: Key,
+    },
+    /// Cluster mode, owner flights only: append these chunks, which the flight
+    /// just accepted into its log, to the key's shared log, in order
+    /// ([rule 26](crate::contract#rule-26)). A refused append is reported with
+    /// `handle_fenced`.
+    Publish {
+        /// The owner flight.
+        flight: FlightId,
+        /// The chunks, in log order, following those published before.
+        chunks: Vec<Bytes>,
+    },
+    /// Cluster mode, owner flights only: the flight ended; write its end to the
+    /// shared log and give the lease back. Emitted once, right before the
+    /// flight's `FlightEnded`; never for an owner that was fenced
+    /// ([rule 26](crate::contract#rule-26)).
+    Release {
+        /// The owner flight.
+        flight: FlightId,
+        /// How it ended.
+        outcome: Outcome,
+        /// Whether the result may be stored in a (shared) cache: it completed
+        /// and its preparation said it is cacheable.
+        cacheable: bool,
     },
 }

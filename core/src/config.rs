@@ -58,6 +58,14 @@ pub struct Config {
     /// How long a finished request's record (completed, failed, timed out, or
     /// served from the cache) is kept for a client to attach. Default 60 s.
     pub finished_retention: Duration,
+    /// Cluster mode ([`crate::cluster`]): a submit that creates a flight first
+    /// claims its key ([`Action::Claim`](crate::Action::Claim)) and the flight
+    /// owns, follows, or is served from the cluster's cache (rules
+    /// [25](crate::contract#rule-25)-[29](crate::contract#rule-29)). Default
+    /// `false`: a single machine, and nothing of cluster mode happens at all.
+    /// The driver's `Manager::with_coordinator` sets it.
+    #[serde(default)]
+    pub cluster: bool,
 }
 
 impl Default for Config {
@@ -77,6 +85,7 @@ impl Default for Config {
             attach_timeout: Duration::from_secs(30),
             cancelled_retention: Duration::from_secs(30),
             finished_retention: Duration::from_secs(60),
+            cluster: false,
         }
     }
 }

@@ -26,7 +26,7 @@
 //!
 //! ## How to cite a rule
 //! Each rule and invariant below is a heading with a stable anchor: `rule-1` to
-//! `rule-24`, and `invariant-1` to `invariant-7`.
+//! `rule-29`, and `invariant-1` to `invariant-9`.
 //! - In `///` and `//!` docs of this crate, link it:
 //!   ``[rule 13](crate::contract#rule-13)``, or for a range,
 //!   ``rules [10](crate::contract#rule-10)-[12](crate::contract#rule-12)``.
@@ -211,14 +211,84 @@
 //! cancelled, failed, timed out). *Why:* operators must see saturation and the
 //! effect of coalescing without instrumenting the code.
 //!
+//! ## Cluster mode
+//!
+//! With [`Config::cluster`](crate::Config::cluster) set, several machines (one
+//! per gateway instance) share flights through a coordinator (Redis): the key's
+//! **owner** runs the upstream and publishes its log, **followers** on other
+//! instances read it. The coordinator's answers are inputs and the machine's
+//! requests to it are actions ([`crate::cluster`]), so these rules are the
+//! machine's to keep like the others; the harness explores two machines over
+//! one key with an owner crash at every point. With cluster mode off, none of
+//! this happens and rules 1-24 alone apply.
+//!
+//! ### Rule 25
+//! **One owner per key and generation across the cluster; a new flight claims
+//! its key before it queues.** A submit that creates a flight makes it claim
+//! the key ([`Action::Claim`](crate::Action::Claim)); the coordinator answers
+//! owner, follower, cached or unavailable, atomically for all instances, and a
+//! lease with a fencing generation backs the answer. Requests on one instance
+//! still join its live flight as in [rule 2](#rule-2), claiming or not. A
+//! claiming flight is queue time and takes a queue place
+//! ([rule 3](#rule-3)). *Why:* rule 2 across machines: a herd spread over N
+//! instances still makes one upstream call.
+//!
+//! ### Rule 26
+//! **An owner publishes every chunk it accepts, in order, and releases its end
+//! last; a fenced owner's writes change nothing and its flight ends with a clear
+//! failure.** Every batch the owner appends to its log is also emitted as
+//! [`Action::Publish`](crate::Action::Publish), and its end as
+//! [`Action::Release`](crate::Action::Release) right before `FlightEnded`,
+//! saying whether the result may be cached. Each write is checked against the
+//! owner's generation where it is stored (atomically, in the coordinator); a
+//! write from an owner whose lease was lost is refused, and the owner is told
+//! ([`Machine::handle_fenced`](crate::Machine::handle_fenced)): its members end
+//! [`Failure::Cluster`](crate::Failure::Cluster) after the chunks they had, its
+//! work is aborted and its slot handed on in the same step, and nothing is
+//! released. *Why:* [rule 16](#rule-16) across machines: an owner that stalled
+//! and lost its lease must not write into a log that another owner now writes.
+//!
+//! ### Rule 27
+//! **Followers read the owner's log from its first chunk, in order, without
+//! loss, and hold no slot.** A follower flight's chunks are the owner's log,
+//! replayed from its first entry; its members and late joiners read them
+//! through the same cursors as any log ([rule 7](#rule-7)). It has a stream's
+//! deadlines (total and idle, [rule 17](#rule-17)), and when its last member
+//! leaves or a deadline passes it stops following in that step
+//! ([rule 12](#rule-12)). A follower's result is not cached locally: the
+//! coordinator's cache is the shared one. *Why:* the follower's answer must be
+//! the owner's answer, token for token, and following must not cost the scarce
+//! upstream slots the owner already spends.
+//!
+//! ### Rule 28
+//! **Owner lost: re-claim if nothing was read, else a clear failure.** When a
+//! follower's owner is gone (its lease lapsed, or its flight ended without a
+//! result), a follower that has received nothing claims the key again, under
+//! its original queue deadline, and may become the owner: its members never see
+//! the loss. One that has received chunks ends every member
+//! [`Failure::OwnerLost`](crate::Failure::OwnerLost) after the chunks already
+//! delivered ([rule 20](#rule-20)), as does one with no queue place left to
+//! re-claim with. *Why:* a new upstream call would not continue the lost one
+//! token for token, so a half-read answer cannot be silently completed; an
+//! unread one can simply be asked again.
+//!
+//! ### Rule 29
+//! **Coordinator unavailable: a clear failure, never a hang.** A claim the
+//! coordinator cannot answer ends the flight
+//! [`Failure::Cluster`](crate::Failure::Cluster) with the reason; a claim that
+//! is never answered ends at the queue deadline. *Why:* a client must learn
+//! that its request failed and why ([rule 19](#rule-19)), whatever happened to
+//! the cluster.
+//!
 //! ## Invariants
 //!
 //! These hold after every input, whatever the inputs were.
 //! [`Machine::check_invariants`](crate::Machine::check_invariants) checks the
-//! first five against the whole state (and the bookkeeping they rest on, below);
-//! the harness calls it after every step of every run it explores or generates,
-//! checks the sixth on the actions the machine emits, and the seventh whenever a
-//! run comes to rest.
+//! first five and the eighth against the whole state (and the bookkeeping they
+//! rest on, below); the harness calls it after every step of every run it
+//! explores or generates, checks the sixth on the actions the machine emits,
+//! the seventh whenever a run comes to rest, and the ninth across the two
+//! machines of its cluster bound.
 //!
 //! ### Invariant 1
 //! **Slots in use equal the flights holding them, and never exceed the limits.**
@@ -252,8 +322,22 @@
 //! left to do and every retention has passed,
 //! [`Machine::is_empty`](crate::Machine::is_empty) holds.
 //!
+//! ### Invariant 8
+//! **The remote bookkeeping agrees with the phases.** The claiming and
+//! following flights are exactly those in those phases, every cluster owner is
+//! a live flight in a local phase (queued, preparing, prepared, streaming),
+//! queued plus claiming flights stay within `queue_capacity`, and with cluster
+//! mode off nothing is remote at all.
+//!
+//! ### Invariant 9
+//! **Across machines: at most one owner holds a key's lease at any instant,
+//! and every follower's log is a prefix of its owner generation's log.** This
+//! one is not a property of one machine: the harness's two-instance bound
+//! checks it after every step over two machines and a simulated coordinator
+//! ([rule 25](#rule-25), [rule 27](#rule-27)).
+//!
 //! ### Bookkeeping the invariants rest on
-//! Beyond the seven, the checker also insists that no slot is free while a flight
+//! Beyond the numbered invariants, the checker also insists that no slot is free while a flight
 //! waits for one (which is what makes [rule 8](#rule-8) and [rule 12](#rule-12)
 //! hold), that every record without a client has exactly one armed deadline and
 //! one with a client has none (so nothing is held forever, [rule 17](#rule-17)),

@@ -27,6 +27,12 @@ pub(crate) enum FlightPhase {
     Prepared { cacheable: bool, seq: u64 },
     /// Holding a stream slot. `ends_by` is the total stream deadline.
     Streaming { cacheable: bool, ends_by: Time },
+    /// Cluster mode: waiting for the coordinator's answer to its claim. Holds
+    /// no slot and no queue place; its deadline is its queue deadline.
+    Claiming,
+    /// Cluster mode: following another machine's log. Holds no slot; its
+    /// deadlines are a stream's (`ends_by` total, and idle between chunks).
+    Following { ends_by: Time },
 }
 
 /// A flight's members, in id order. Two or more are kept in a set; one inline.
@@ -128,6 +134,29 @@ const EMPTY_TAIL: &Tail = &Tail {
     bytes: 0,
     parked: Vec::new(),
 };
+
+impl Tail {
+    /// Appends `chunks` in order while the log stays within `limit` bytes.
+    /// Returns how many were appended and whether one was refused for the
+    /// limit (it and the chunks after it are dropped).
+    pub(crate) fn append(
+        &mut self,
+        chunks: impl IntoIterator<Item = Bytes>,
+        limit: u64,
+    ) -> (usize, bool) {
+        let mut accepted = 0;
+        for data in chunks {
+            let bytes = self.bytes.saturating_add(data.len() as u64);
+            if bytes > limit {
+                return (accepted, true);
+            }
+            self.bytes = bytes;
+            self.log.push(data);
+            accepted += 1;
+        }
+        (accepted, false)
+    }
+}
 
 impl Flight {
     pub(crate) fn new(key: Key, deadline: Time) -> Self {

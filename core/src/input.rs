@@ -9,8 +9,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Failure, FlightId, Item, Key, Prepared, Readiness, RequestError, RequestId, StaleFlight,
-    Submission, SubmitError,
+    Failure, FlightId, Item, Key, Outcome, Prepared, Readiness, RequestError, RequestId, Role,
+    StaleFlight, Submission, SubmitError,
 };
 
 /// One input to the machine.
@@ -63,6 +63,36 @@ pub enum Input {
         /// How it ended.
         result: Result<(), Failure>,
     },
+    /// Cluster mode: the coordinator answered a flight's claim
+    /// ([`Machine::handle_claimed`](crate::Machine::handle_claimed)).
+    Claimed {
+        /// The claiming flight.
+        flight: FlightId,
+        /// The answer.
+        role: Role,
+    },
+    /// Cluster mode: a follower's owner ended its flight
+    /// ([`Machine::handle_remote_end`](crate::Machine::handle_remote_end)).
+    RemoteEnded {
+        /// The following flight.
+        flight: FlightId,
+        /// How the owner's flight ended.
+        outcome: Outcome,
+    },
+    /// Cluster mode: a follower's owner is gone, its lease lapsed
+    /// ([`Machine::handle_owner_lost`](crate::Machine::handle_owner_lost)).
+    OwnerLost {
+        /// The following flight.
+        flight: FlightId,
+    },
+    /// Cluster mode: an owner's publish, renewal or release was refused
+    /// ([`Machine::handle_fenced`](crate::Machine::handle_fenced)).
+    Fenced {
+        /// The owner flight.
+        flight: FlightId,
+        /// Why, as the coordinator said.
+        reason: String,
+    },
     /// The driver's timer fired.
     Timeout,
     /// Stop admission and end every request.
@@ -79,7 +109,9 @@ pub enum Reply {
     Request(Result<(), RequestError>),
     /// For [`Input::Read`]: the readiness and the items read.
     Read(Result<Readiness, RequestError>, Vec<Item>),
-    /// For [`Input::Prepared`], [`Input::Chunk`] and [`Input::UpstreamEnded`].
+    /// For [`Input::Prepared`], [`Input::Chunk`], [`Input::UpstreamEnded`],
+    /// and the cluster inputs ([`Input::Claimed`], [`Input::RemoteEnded`],
+    /// [`Input::OwnerLost`], [`Input::Fenced`]).
     Flight(Result<(), StaleFlight>),
     /// For [`Input::Timeout`] and [`Input::Shutdown`].
     Done,

@@ -88,6 +88,7 @@
 
 mod action;
 mod cache;
+pub mod cluster;
 mod config;
 pub mod contract;
 mod deadline;
@@ -107,6 +108,7 @@ mod outcome;
 mod queue;
 mod reading;
 mod records;
+mod remote;
 mod request;
 mod slots;
 mod stats;
@@ -116,6 +118,7 @@ mod testing;
 mod time;
 
 pub use action::Action;
+pub use cluster::Role;
 pub use config::{Config, ConfigError};
 pub use error::{RequestError, StaleFlight, SubmitError};
 pub use id::{FlightId, RequestId};

@@ -12,6 +12,7 @@
 //! | [`reading`] | cursors and parked readers over the logs |
 //! | [`Deadlines`] | every armed deadline, ordered by time |
 //! | [`Cache`] | completed results by key |
+//! | [`Remote`] | cluster mode: owners, followers, claiming flights |
 //!
 //! Each input is one method here that says which sub-states it touches and in what
 //! order, and queues the resulting actions. No method blocks or reads a clock.
@@ -25,10 +26,15 @@
 //! `attach`, `read`, `cancel`, `detach`), the user's work in `machine/work.rs`
 //! (`handle_prepared`, `handle_chunk`, `handle_upstream_end`, and how a flight
 //! ends), time in `machine/time.rs` (`poll_timeout`, `handle_timeout`,
-//! `shutdown`), and observation in `machine/observe.rs` (`status`, `stats`,
-//! `check_invariants`).
+//! `shutdown`), observation in `machine/observe.rs` (`status`, `stats`,
+//! `check_invariants`), and the coordinator's answers in cluster mode in
+//! `machine/cluster.rs` (`handle_claimed`, `handle_remote_end`,
+//! `handle_owner_lost`, `handle_fenced`).
 
 mod batch;
+mod cluster;
+#[cfg(test)]
+mod cluster_tests;
 mod observe;
 #[cfg(test)]
 mod tests;
@@ -45,6 +51,7 @@ use crate::flight::FlightPhase;
 use crate::flights::Flights;
 use crate::queue::Queue;
 use crate::records::Records;
+use crate::remote::Remote;
 use crate::request::Life;
 use crate::slots::Slots;
 use crate::{
@@ -66,6 +73,7 @@ pub struct Machine {
     records: Records,
     deadlines: Deadlines,
     cache: Cache,
+    remote: Remote,
     actions: VecDeque<Action>,
     totals: Totals,
     shutting_down: bool,
@@ -93,6 +101,7 @@ impl Machine {
             records: Records::default(),
             deadlines: Deadlines::default(),
             cache: Cache::default(),
+            remote: Remote::default(),
             actions: VecDeque::new(),
             totals: Totals::default(),
             shutting_down: false,
@@ -123,7 +132,8 @@ impl Machine {
     /// [1](crate::contract#rule-1)-[3](crate::contract#rule-3)).
     ///
     /// Joins the key's live flight if there is one, is served from the cache if it
-    /// holds the key, and otherwise creates a flight at the back of the queue.
+    /// holds the key, and otherwise creates a flight at the back of the queue (in
+    /// cluster mode: a claiming flight, [rule 25](crate::contract#rule-25)).
     ///
     /// # Errors
     /// [`SubmitError`]; a refused submit changes nothing.
@@ -139,7 +149,9 @@ impl Machine {
             Some(_) => None,
             None => self.cache.get(&key).cloned(),
         };
-        if joining.is_none() && cached.is_none() && self.queue.len() >= self.config.queue_capacity {
+        // A claiming flight counts against the queue (it queues if it owns).
+        let waiting = self.queue.len() + self.remote.claiming();
+        if joining.is_none() && cached.is_none() && waiting >= self.config.queue_capacity {
             return Err(SubmitError::QueueFull {
                 capacity: self.config.queue_capacity,
             });
@@ -166,7 +178,11 @@ impl Machine {
                 // A queued flight's deadline is implied by the queue, not armed:
                 // see `Queue::next_expiry`.
                 let flight = self.flights.create(key, now + self.config.queue_timeout);
-                self.queue.push(flight);
+                if self.config.cluster {
+                    self.claim(flight); // contract rule 25
+                } else {
+                    self.queue.push(flight);
+                }
                 self.insert_member(now, id, flight);
                 Route::NewFlight(flight)
             }
@@ -330,6 +346,16 @@ impl Machine {
             Input::Chunk { flight, data } => Reply::Flight(self.handle_chunk(now, flight, data)),
             Input::UpstreamEnded { flight, result } => {
                 Reply::Flight(self.handle_upstream_end(now, flight, result))
+            }
+            Input::Claimed { flight, role } => {
+                Reply::Flight(self.handle_claimed(now, flight, role))
+            }
+            Input::RemoteEnded { flight, outcome } => {
+                Reply::Flight(self.handle_remote_end(now, flight, outcome))
+            }
+            Input::OwnerLost { flight } => Reply::Flight(self.handle_owner_lost(now, flight)),
+            Input::Fenced { flight, reason } => {
+                Reply::Flight(self.handle_fenced(now, flight, reason))
             }
             Input::Timeout => {
                 self.handle_timeout(now);

@@ -53,6 +53,14 @@ pub enum Failure {
     },
     /// The machine was shut down before the request ended.
     Shutdown,
+    /// Cluster mode: the owner instance was lost after its flight had produced
+    /// chunks, so no other instance can continue it token for token
+    /// ([rule 28](crate::contract#rule-28)).
+    OwnerLost,
+    /// Cluster mode: the coordinator failed or refused (unreachable, or this
+    /// owner's lease was lost and its writes fenced), with its reason
+    /// ([rule 29](crate::contract#rule-29), [rule 26](crate::contract#rule-26)).
+    Cluster(String),
 }
 
 impl core::fmt::Display for Failure {
@@ -65,6 +73,8 @@ impl core::fmt::Display for Failure {
                 write!(f, "response exceeded max_response_bytes ({limit} bytes)")
             }
             Failure::Shutdown => f.write_str("shut down"),
+            Failure::OwnerLost => f.write_str("the owner instance was lost mid-stream"),
+            Failure::Cluster(m) => write!(f, "cluster unavailable: {m}"),
         }
     }
 }

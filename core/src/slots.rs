@@ -81,7 +81,7 @@ impl Slots {
     /// is released.
     pub(crate) fn release(&mut self, flight: FlightId, phase: FlightPhase) {
         match phase {
-            FlightPhase::Queued => {}
+            FlightPhase::Queued | FlightPhase::Claiming | FlightPhase::Following { .. } => {}
             FlightPhase::Preparing => self.preparing -= 1,
             FlightPhase::Prepared { seq, .. } => {
                 self.ready.remove(&(seq, flight));
@@ -103,7 +103,8 @@ impl Slots {
         let (mut preparing, mut streaming, mut ready) = (0, 0, 0);
         for (id, f) in flights.iter() {
             match f.phase {
-                FlightPhase::Queued => {}
+                // Remote phases hold no slot (contract rule 27).
+                FlightPhase::Queued | FlightPhase::Claiming | FlightPhase::Following { .. } => {}
                 FlightPhase::Preparing => preparing += 1,
                 FlightPhase::Prepared { seq, .. } => {
                     let listed = self.ready.contains(&(seq, id));

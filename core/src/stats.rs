@@ -19,6 +19,10 @@ pub struct Stats {
     pub waiting_for_stream: usize,
     /// Flights streaming (= stream slots in use).
     pub streaming: usize,
+    /// Cluster mode: flights waiting for their claim's answer.
+    pub claiming: usize,
+    /// Cluster mode: flights following another instance's log.
+    pub following: usize,
     /// Preparation slots in use.
     pub preparation_slots_in_use: usize,
     /// Stream slots in use.
@@ -57,4 +61,10 @@ pub struct Totals {
     pub failed: u64,
     /// Requests that ended timed out.
     pub timed_out: u64,
+    /// Cluster mode: claims made (flights; re-claims after a lost owner included).
+    pub claims: u64,
+    /// Cluster mode: claims answered as a follower (flights).
+    pub followed: u64,
+    /// Cluster mode: claims answered from the cluster's cache (flights).
+    pub remote_cache_hits: u64,
 }

@@ -54,6 +54,10 @@ pub enum RequestState {
     WaitingForStream,
     /// Its flight's upstream is streaming.
     Streaming,
+    /// Cluster mode: its flight waits for the answer to its claim.
+    Claiming,
+    /// Cluster mode: its flight follows another instance's stream.
+    Following,
     /// It was cancelled.
     Cancelled,
     /// It ended otherwise; never carries [`Outcome::Cancelled`].
@@ -84,7 +88,9 @@ impl RequestState {
             RequestState::Queued
             | RequestState::Preparing
             | RequestState::WaitingForStream
-            | RequestState::Streaming => None,
+            | RequestState::Streaming
+            | RequestState::Claiming
+            | RequestState::Following => None,
         }
     }
 
@@ -122,6 +128,8 @@ mod tests {
             RequestState::Preparing,
             RequestState::WaitingForStream,
             RequestState::Streaming,
+            RequestState::Claiming,
+            RequestState::Following,
         ] {
             assert_eq!(live.outcome(), None, "{live:?}");
             assert!(!live.is_finished(), "{live:?}");

@@ -55,12 +55,13 @@ use flightdeck_core::driver::{BoxFuture, Runtime};
 use smol::{Executor, Timer};
 
 pub use flightdeck_core::driver::{
-    self, Placement, Preparation, Preparer, ResultStream, TaskCounts, Upstream,
+    self, Claim, Coordinator, Lost, MemoryCoordinator, Placement, Preparation, Preparer, Publisher,
+    RemoteEvent, RemoteLog, ResultStream, TaskCounts, Upstream,
 };
 pub use flightdeck_core::{
     Bytes, Config, ConfigError, Failure, FlightId, InvariantViolation, Item, Key, Outcome, Phase,
-    RequestError, RequestId, RequestState, RequestStatus, Route, Stats, SubmitError, Time, Totals,
-    Work,
+    RequestError, RequestId, RequestState, RequestStatus, Role, Route, Stats, SubmitError, Time,
+    Totals, Work,
 };
 
 /// The flightdeck manager on smol, for payloads of type `P`. See

@@ -270,6 +270,7 @@ pub fn config() -> Config {
         attach_timeout: long,
         cancelled_retention: long,
         finished_retention: long,
+        cluster: false,
     }
 }
 

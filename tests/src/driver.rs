@@ -15,7 +15,12 @@
 //! - that `StartPreparation` and `StartStream` name a flight in the right phase
 //!   and respect the configured limits ([rule 4](flightdeck_core::contract#rule-4));
 //! - that an `Abort` names work that runs, and `FlightEnded` comes only once
-//!   the flight's work finished or was aborted (no work outlives its flight).
+//!   the flight's work finished or was aborted (no work outlives its flight);
+//! - in cluster mode: `Claim` only with cluster mode on, for a flight that runs
+//!   nothing and has no role yet; `Publish` only for a streaming owner;
+//!   `Release` only for a live owner, and right before its `FlightEnded`
+//!   ([rule 26](flightdeck_core::contract#rule-26)); a follower's `Abort` of its
+//!   stream only while it follows.
 //!
 //! A test states what one input produced by taking the buffer
 //! ([`Driver::take`]) after it. Like quinn-proto's test pair, there are two ways
@@ -44,7 +49,7 @@ use std::collections::BTreeMap;
 
 use flightdeck_core::{
     Action, Bytes, Config, Failure, FlightId, Input, Item, Key, Machine, Prepared, Readiness,
-    Reply, RequestError, RequestId, RequestState, Route, StaleFlight, Stats, Submission,
+    Reply, RequestError, RequestId, RequestState, Role, Route, StaleFlight, Stats, Submission,
     SubmitError, Time, Work,
 };
 
@@ -78,6 +83,53 @@ pub struct FlightWork {
     pub aborted: bool,
     /// `FlightEnded` was emitted.
     pub ended: bool,
+    /// Cluster mode: `Claim` was emitted and not answered yet.
+    pub claiming: bool,
+    /// Cluster mode: the claim was answered `Owner` (cleared when fenced).
+    pub owner: bool,
+    /// Cluster mode: the claim was answered `Follower`, and the remote log has
+    /// neither ended nor been lost since (the driver follows it).
+    pub following: bool,
+}
+
+impl FlightWork {
+    /// Not claiming and not following: the flight runs (or will run) locally.
+    fn local(&self) -> bool {
+        !self.claiming && !self.following
+    }
+}
+
+/// The kind of a claim's answer, as far as the driver tracks it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RoleKind {
+    Owner,
+    Follower,
+    Other,
+}
+
+/// What a cluster input reports, if the machine takes it.
+enum Remote {
+    Claimed(RoleKind),
+    FollowEnded,
+    Fenced,
+}
+
+fn cluster_report(input: &Input) -> Option<(FlightId, Remote)> {
+    Some(match input {
+        Input::Claimed { flight, role } => {
+            let kind = match role {
+                Role::Owner => RoleKind::Owner,
+                Role::Follower => RoleKind::Follower,
+                _ => RoleKind::Other,
+            };
+            (*flight, Remote::Claimed(kind))
+        }
+        Input::RemoteEnded { flight, .. } | Input::OwnerLost { flight } => {
+            (*flight, Remote::FollowEnded)
+        }
+        Input::Fenced { flight, .. } => (*flight, Remote::Fenced),
+        _ => return None,
+    })
 }
 
 /// The pure core in virtual time, checked after every step. See the module docs.
@@ -169,10 +221,23 @@ impl Driver {
         if self.record {
             self.steps.push((self.now, input.clone()));
         }
+        let remote = cluster_report(&input);
         let first = self.actions.len();
         let reply = self.machine.handle(self.now, input);
         if let (Some((flight, work)), Reply::Flight(Ok(()))) = (reports_end, &reply) {
             self.finished(flight, work);
+        }
+        if let (Some((flight, report)), Reply::Flight(Ok(()))) = (remote, &reply) {
+            let f = self.flights.entry(flight).or_default();
+            match report {
+                Remote::Claimed(role) => {
+                    f.claiming = false;
+                    f.owner = role == RoleKind::Owner;
+                    f.following = role == RoleKind::Follower;
+                }
+                Remote::FollowEnded => f.following = false,
+                Remote::Fenced => f.owner = false,
+            }
         }
         self.try_step()?;
         if self.record {
@@ -199,10 +264,22 @@ impl Driver {
     }
 
     fn try_step(&mut self) -> Result<(), Violation> {
+        let mut released = None;
         while let Some(a) = self.machine.poll_action() {
+            if let Some(flight) = released.take() {
+                ensure!(
+                    a == Action::FlightEnded { flight },
+                    "Release for {flight:?} not followed by its FlightEnded but {a:?} \
+                     (contract rule 26)"
+                );
+            }
+            if let Action::Release { flight, .. } = a {
+                released = Some(flight);
+            }
             self.on_action(&a)?;
             self.actions.push(a);
         }
+        ensure!(released.is_none(), "Release was the last action of a step");
         self.machine
             .check_invariants()
             .map_err(|v| Violation(v.to_string()))
@@ -218,7 +295,7 @@ impl Driver {
             Action::StartPreparation { flight, .. } => {
                 let f = self.flights.entry(*flight).or_default();
                 ensure!(
-                    !f.ended && !f.aborted && !f.preparing && !f.streaming,
+                    !f.ended && !f.aborted && !f.preparing && !f.streaming && f.local(),
                     "StartPreparation for {flight:?} in a wrong phase: {f:?}"
                 );
                 f.preparing = true;
@@ -231,7 +308,7 @@ impl Driver {
             Action::StartStream { flight } => {
                 let f = self.flights.entry(*flight).or_default();
                 ensure!(
-                    !f.ended && !f.aborted && !f.preparing && !f.streaming,
+                    !f.ended && !f.aborted && !f.preparing && !f.streaming && f.local(),
                     "StartStream for {flight:?} in a wrong phase: {f:?}"
                 );
                 f.streaming = true;
@@ -246,7 +323,8 @@ impl Driver {
                 ensure!(!f.ended && !f.aborted, "Abort for ended {flight:?}");
                 let running = match work {
                     Work::Preparation => f.preparing,
-                    Work::Stream => f.streaming,
+                    // A follower's "stream" is the following of the remote log.
+                    Work::Stream => f.streaming || f.following,
                     _ => false,
                 };
                 ensure!(
@@ -256,17 +334,48 @@ impl Driver {
                 f.aborted = true;
                 f.preparing = false;
                 f.streaming = false;
+                f.following = false;
             }
             Action::FlightEnded { flight } => {
                 let f = self.flights.entry(*flight).or_default();
                 ensure!(!f.ended, "FlightEnded twice for {flight:?}");
                 f.ended = true;
+                f.claiming = false; // an unanswered claim is dropped
                 ensure!(
-                    !f.preparing && !f.streaming,
+                    !f.preparing && !f.streaming && !f.following,
                     "FlightEnded for {flight:?} while its work runs and was not aborted"
                 );
             }
             Action::Wake { .. } => {}
+            Action::Claim { flight, .. } => {
+                let cluster = self.machine.config().cluster;
+                let f = self.flights.entry(*flight).or_default();
+                ensure!(cluster, "Claim for {flight:?} with cluster mode off");
+                ensure!(
+                    !f.ended && !f.aborted && !f.claiming && !f.owner && !f.following,
+                    "Claim for {flight:?} in a wrong phase: {f:?} (contract rule 25)"
+                );
+                ensure!(
+                    !f.preparing && !f.streaming,
+                    "Claim for {flight:?} that runs work"
+                );
+                f.claiming = true;
+            }
+            Action::Publish { flight, chunks } => {
+                let f = self.flights.entry(*flight).or_default();
+                ensure!(
+                    f.owner && f.streaming && !f.ended && !chunks.is_empty(),
+                    "Publish for {flight:?} that is no streaming owner, or of nothing: {f:?} \
+                     (contract rule 26)"
+                );
+            }
+            Action::Release { flight, .. } => {
+                let f = self.flights.entry(*flight).or_default();
+                ensure!(
+                    f.owner && !f.ended,
+                    "Release for {flight:?} that is no live owner: {f:?} (contract rule 26)"
+                );
+            }
             other => return Err(Violation(format!("unknown action {other:?}"))),
         }
         Ok(())
@@ -304,10 +413,31 @@ impl Driver {
         self.flights_where(|f| f.ended || f.aborted)
     }
 
-    /// Whether some user work (preparation or upstream) is running.
+    /// Whether some user work (preparation or upstream) is running, or, in
+    /// cluster mode, a claim or a follow is in progress.
     #[must_use]
     pub fn work_pending(&self) -> bool {
-        self.flights.values().any(|f| f.preparing || f.streaming)
+        self.flights
+            .values()
+            .any(|f| f.preparing || f.streaming || f.claiming || f.following)
+    }
+
+    /// Cluster mode: flights whose claim is unanswered, in id order.
+    #[must_use]
+    pub fn claiming_flights(&self) -> Vec<FlightId> {
+        self.flights_where(|f| f.claiming)
+    }
+
+    /// Cluster mode: flights following a remote log, in id order.
+    #[must_use]
+    pub fn following_flights(&self) -> Vec<FlightId> {
+        self.flights_where(|f| f.following)
+    }
+
+    /// Cluster mode: live owner flights (not ended, not fenced), in id order.
+    #[must_use]
+    pub fn owner_flights(&self) -> Vec<FlightId> {
+        self.flights_where(|f| f.owner && !f.ended)
     }
 
     /// The actions emitted since the last call.

@@ -186,6 +186,7 @@ pub fn config(preparations: usize, streams: usize) -> Config {
         attach_timeout: ms(60),
         cancelled_retention: ms(20),
         finished_retention: ms(25),
+        cluster: false,
     }
 }
 

@@ -30,6 +30,10 @@
 //! It is slow (quadratic and worse) and that is fine: it only ever holds a
 //! handful of requests.
 //!
+//! Cluster mode (contract rules 25-29) lives in `model/cluster.rs`: a flight's
+//! phase says claiming or following, a flag says owner, and each flight keeps
+//! the queue deadline it was created with.
+//!
 //! # Where the model copies a choice of the core
 //! The SPEC leaves some things open. Where it does, the model makes the same
 //! choice as the core and the code says so with a comment starting
@@ -45,6 +49,8 @@ use flightdeck_core::{
     Stats, Submission, SubmitError, Time, Totals, Work,
 };
 
+mod cluster;
+
 /// Where a live flight is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Phase2 {
@@ -59,6 +65,12 @@ enum Phase2 {
         cacheable: bool,
         ends_by: Time,
     },
+    /// Cluster mode: waiting for the claim's answer; its deadline is `queue_by`.
+    Claiming,
+    /// Cluster mode: following another machine's log.
+    Following {
+        ends_by: Time,
+    },
 }
 
 /// A live flight. It has no member list: its members are the records whose
@@ -70,6 +82,10 @@ struct Flight {
     phase: Phase2,
     log: Vec<Bytes>,
     deadline: Time,
+    /// Cluster mode: this machine owns the key (publishes, releases).
+    owner: bool,
+    /// The queue deadline, fixed at creation (claims count as queue time).
+    queue_by: Time,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -206,6 +222,16 @@ impl Model {
             Input::UpstreamEnded { flight, result } => {
                 Reply::Flight(self.handle_upstream_end(now, flight, result))
             }
+            Input::Claimed { flight, role } => {
+                Reply::Flight(self.handle_claimed(now, flight, role))
+            }
+            Input::RemoteEnded { flight, outcome } => {
+                Reply::Flight(self.handle_remote_end(now, flight, outcome))
+            }
+            Input::OwnerLost { flight } => Reply::Flight(self.handle_owner_lost(now, flight)),
+            Input::Fenced { flight, reason } => {
+                Reply::Flight(self.handle_fenced(now, flight, reason))
+            }
             Input::Timeout => {
                 self.handle_timeout(now);
                 Reply::Done
@@ -239,10 +265,9 @@ impl Model {
             .iter()
             .find(|c| c.key == key)
             .map(|c| c.log.clone());
-        if live.is_none()
-            && cached.is_none()
-            && self.count_phase(|p| *p == Phase2::Queued) >= self.config.queue_capacity
-        {
+        // Core's choice (cluster mode): a claiming flight takes a queue place.
+        let waiting = self.count_phase(|p| matches!(p, Phase2::Queued | Phase2::Claiming));
+        if live.is_none() && cached.is_none() && waiting >= self.config.queue_capacity {
             return Err(SubmitError::QueueFull {
                 capacity: self.config.queue_capacity,
             });
@@ -274,13 +299,20 @@ impl Model {
             let flight = FlightId::from_raw(self.next_flight);
             self.next_flight += 1;
             self.totals.flights += 1;
+            let queue_by = now + self.config.queue_timeout;
             self.flights.push(Flight {
                 id: flight,
                 key,
                 phase: Phase2::Queued,
                 log: Vec::new(),
-                deadline: now + self.config.queue_timeout,
+                deadline: queue_by,
+                owner: false,
+                queue_by,
             });
+            if self.config.cluster {
+                // Contract rule 25: claim the key before queueing.
+                self.start_claim(flight);
+            }
             self.add_member(now, id, flight);
             Route::NewFlight(flight)
         };
@@ -472,7 +504,9 @@ impl Model {
         flight: FlightId,
         data: Bytes,
     ) -> Result<(), StaleFlight> {
-        if !self.in_phase(flight, |p| matches!(p, Phase2::Streaming { .. })) {
+        // Contract rule 27: a follower's chunks are the owner's log.
+        let accepts = |p: &Phase2| matches!(p, Phase2::Streaming { .. } | Phase2::Following { .. });
+        if !self.in_phase(flight, accepts) {
             return Err(StaleFlight);
         }
         let now = self.advance(now);
@@ -486,9 +520,16 @@ impl Model {
             let outcome = Outcome::Failed(Failure::ResponseTooLarge { limit });
             self.end_flight(now, flight, &outcome, true);
         } else {
-            f.log.push(data);
-            if let Phase2::Streaming { ends_by, .. } = f.phase {
+            f.log.push(data.clone());
+            if let Phase2::Streaming { ends_by, .. } | Phase2::Following { ends_by } = f.phase {
                 f.deadline = ends_by.min(now + idle);
+            }
+            if f.owner {
+                // Contract rule 26: what the owner accepts is published, in order.
+                self.actions.push(Action::Publish {
+                    flight,
+                    chunks: vec![data],
+                });
             }
         }
         self.settle(now);
@@ -566,14 +607,17 @@ impl Model {
             return;
         };
         let (phase, abort) = match f.phase {
-            Phase2::Queued => (Phase::Queue, false),
+            // Core's choice (cluster mode): claiming is queue time.
+            Phase2::Queued | Phase2::Claiming => (Phase::Queue, false),
             Phase2::Preparing => (Phase::Preparation, true),
             Phase2::Prepared { .. } => (Phase::StreamSlot, false),
             // The streaming deadline is the sooner of the total and the idle one;
             // the phase is named from the deadline that fell due (a tie is the
             // total one), not from when the timer was handled.
-            Phase2::Streaming { ends_by, .. } if due >= ends_by => (Phase::Stream, true),
-            Phase2::Streaming { .. } => (Phase::Idle, true),
+            Phase2::Streaming { ends_by, .. } | Phase2::Following { ends_by } if due >= ends_by => {
+                (Phase::Stream, true)
+            }
+            Phase2::Streaming { .. } | Phase2::Following { .. } => (Phase::Idle, true),
         };
         self.end_flight(now, flight, &Outcome::TimedOut(phase), abort);
     }
@@ -622,6 +666,8 @@ impl Model {
                     Phase2::Preparing => (RequestState::Preparing, None),
                     Phase2::Prepared { .. } => (RequestState::WaitingForStream, None),
                     Phase2::Streaming { .. } => (RequestState::Streaming, None),
+                    Phase2::Claiming => (RequestState::Claiming, None),
+                    Phase2::Following { .. } => (RequestState::Following, None),
                 };
                 RequestStatus {
                     state,
@@ -658,6 +704,8 @@ impl Model {
         s.preparing = preparing;
         s.waiting_for_stream = self.count_phase(|p| matches!(p, Phase2::Prepared { .. }));
         s.streaming = streaming;
+        s.claiming = self.count_phase(|p| *p == Phase2::Claiming);
+        s.following = self.count_phase(|p| matches!(p, Phase2::Following { .. }));
         s.preparation_slots_in_use = preparing;
         s.stream_slots_in_use = streaming;
         s.readers = self.records.iter().filter(|r| r.reader.is_some()).count();
@@ -738,6 +786,12 @@ impl Model {
                     });
                 }
             }
+            // Contract rule 27: a follower stops following; its result is not
+            // cached here (core's choice: the cluster's cache is the shared one).
+            Phase2::Following { .. } if abort => self.actions.push(Action::Abort {
+                flight,
+                work: Work::Stream,
+            }),
             _ => {}
         }
         if *outcome == Outcome::Completed && cacheable {
@@ -752,6 +806,14 @@ impl Model {
         for member in members {
             // Contract rule 20: members keep the chunks already produced, then the outcome.
             self.end_request(now, member, outcome.clone(), Some(f.log.clone()));
+        }
+        if f.owner {
+            // Contract rule 26: the owner's end, right before its FlightEnded.
+            self.actions.push(Action::Release {
+                flight,
+                outcome: outcome.clone(),
+                cacheable: *outcome == Outcome::Completed && cacheable,
+            });
         }
         self.actions.push(Action::FlightEnded { flight });
     }
@@ -916,7 +978,11 @@ pub fn normalise_actions(actions: &[Action]) -> StepActions {
                 out.streams.push(*flight);
                 *flight
             }
-            Action::Abort { flight, .. } | Action::FlightEnded { flight } => *flight,
+            Action::Abort { flight, .. }
+            | Action::FlightEnded { flight }
+            | Action::Claim { flight, .. }
+            | Action::Publish { flight, .. }
+            | Action::Release { flight, .. } => *flight,
             Action::Wake { request } => {
                 out.wakes.push(*request);
                 continue;

@@ -7,6 +7,10 @@
 //! preparation results, chunks, upstream ends and failures, late completions
 //! for any flight id ever issued, time jumps to the next deadline or by a few
 //! milliseconds (with or without the timer firing), and an occasional shutdown.
+//! Half the configurations have cluster mode on; their cases also answer claims
+//! (owner, follower, cached, unavailable), feed followers their owner's chunks,
+//! end or lose followers' owners, fence owners, and send every cluster input
+//! late (contract rules 25-29).
 //! Every op is applied to both the core ([`Machine::handle`]) and the model, and
 //! after every step the check demands:
 //!
@@ -46,8 +50,8 @@ use crate::driver::Driver;
 use crate::model::{normalise_actions, Model};
 use flightdeck_core::{
     Action, Bytes, Config, Failure, FlightId, Input, Item, Key, Machine, Outcome, Prepared,
-    Readiness, Reply, RequestError, RequestId, RequestState, RequestStatus, Route, StaleFlight,
-    SubmitError, Time, Work,
+    Readiness, Reply, RequestError, RequestId, RequestState, RequestStatus, Role, Route,
+    StaleFlight, SubmitError, Time, Work,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PtConfig, FileFailurePersistence, TestError, TestRunner};
@@ -107,6 +111,34 @@ pub enum Op {
     },
     /// The manager shuts down.
     Shutdown,
+    /// Cluster mode: a claiming flight's claim is answered with role
+    /// `role % 4`: owner, follower, cached (`role / 4 % 3` chunks), unavailable.
+    Claimed {
+        /// Which claiming flight.
+        which: u8,
+        /// Which answer.
+        role: u8,
+    },
+    /// Cluster mode: a following flight receives a chunk of `len` bytes of its
+    /// owner's log.
+    RemoteChunk {
+        /// Which following flight.
+        which: u8,
+        /// The chunk's length.
+        len: u8,
+    },
+    /// Cluster mode: a following flight's owner ends: completed, failed,
+    /// cancelled or timed out (`kind % 4`).
+    RemoteEnd {
+        /// Which following flight.
+        which: u8,
+        /// How the owner ended.
+        kind: u8,
+    },
+    /// Cluster mode: a following flight's owner is lost.
+    OwnerLost(u8),
+    /// Cluster mode: an owner flight is fenced (its lease is lost).
+    Fenced(u8),
 }
 
 /// The op strategy, weighted so that flights reach streaming with readers.
@@ -131,6 +163,12 @@ pub fn op() -> impl Strategy<Value = Op> {
         8 => Just(Op::NextDeadline),
         12 => (0u8..25, any::<bool>()).prop_map(|(ms, fire)| Op::Sleep { ms, fire }),
         1 => Just(Op::Shutdown),
+        // Cluster mode (nothing to act on when the case's config has it off).
+        24 => (idx(), any::<u8>()).prop_map(|(which, role)| Op::Claimed { which, role }),
+        24 => (idx(), 0u8..5).prop_map(|(which, len)| Op::RemoteChunk { which, len }),
+        5 => (idx(), any::<u8>()).prop_map(|(which, kind)| Op::RemoteEnd { which, kind }),
+        4 => idx().prop_map(Op::OwnerLost),
+        3 => idx().prop_map(Op::Fenced),
     ]
 }
 
@@ -139,19 +177,20 @@ fn ms(n: u64) -> Duration {
 }
 
 /// Random small configurations: limits 1-2, a queue of 1-3, a cache of 0-2,
-/// deadlines of 5-60 ms on a 5 ms grid (so that they often coincide).
+/// deadlines of 5-60 ms on a 5 ms grid (so that they often coincide), cluster
+/// mode on in half of them.
 pub fn random_configs() -> impl Strategy<Value = Config> {
     let t = || (1u64..=12).prop_map(|n| ms(5 * n));
     (
         (1usize..=3, 1usize..=2, 1usize..=2, 4u64..=12, 0usize..=2),
         (t(), t(), t(), t(), t(), t()),
-        (t(), t(), t()),
+        (t(), t(), t(), any::<bool>()),
     )
         .prop_map(
             |(
                 (queue, preps, streams, bytes, cache),
                 (ttl, queue_t, prep_t, slot_t, stream_t, idle_t),
-                (attach_t, cancelled_r, finished_r),
+                (attach_t, cancelled_r, finished_r, cluster),
             )| Config {
                 queue_capacity: queue,
                 max_concurrent_requests: preps,
@@ -167,6 +206,7 @@ pub fn random_configs() -> impl Strategy<Value = Config> {
                 attach_timeout: attach_t,
                 cancelled_retention: cancelled_r,
                 finished_retention: finished_r,
+                cluster,
             },
         )
 }
@@ -278,7 +318,7 @@ fn to_input(
         }
         Op::Late { flight, kind } => {
             let flight = FlightId::from_raw(index(*flight, model.flights_created()));
-            match kind % 3 {
+            match kind % 7 {
                 0 => Input::Prepared {
                     flight,
                     result: Ok(Prepared::CACHEABLE),
@@ -287,10 +327,65 @@ fn to_input(
                     flight,
                     data: driver.next_chunk(1),
                 },
-                _ => Input::UpstreamEnded {
+                2 => Input::UpstreamEnded {
                     flight,
                     result: Ok(()),
                 },
+                3 => Input::Claimed {
+                    flight,
+                    role: Role::Owner,
+                },
+                4 => Input::RemoteEnded {
+                    flight,
+                    outcome: Outcome::Completed,
+                },
+                5 => Input::OwnerLost { flight },
+                _ => Input::Fenced {
+                    flight,
+                    reason: "late".into(),
+                },
+            }
+        }
+        Op::Claimed { which, role } => {
+            let flight = Clients::pick(&core.claiming_flights(), *which)?;
+            let role = match role % 4 {
+                0 => Role::Owner,
+                1 => Role::Follower,
+                2 => Role::Cached(
+                    (0..role / 4 % 3)
+                        .map(|n| driver.next_chunk(n + 1))
+                        .collect(),
+                ),
+                _ => Role::Unavailable("redis down".into()),
+            };
+            Input::Claimed { flight, role }
+        }
+        Op::RemoteChunk { which, len } => {
+            let flight = Clients::pick(&core.following_flights(), *which)?;
+            Input::Chunk {
+                flight,
+                data: driver.next_chunk(*len),
+            }
+        }
+        Op::RemoteEnd { which, kind } => {
+            let flight = Clients::pick(&core.following_flights(), *which)?;
+            let outcome = match kind % 4 {
+                0 => Outcome::Completed,
+                1 => Outcome::Failed(Failure::Upstream("remote".into())),
+                2 => Outcome::Cancelled,
+                _ => Outcome::TimedOut(flightdeck_core::Phase::Stream),
+            };
+            Input::RemoteEnded { flight, outcome }
+        }
+        Op::OwnerLost(which) => {
+            let flight = Clients::pick(&core.following_flights(), *which)?;
+            Input::OwnerLost { flight }
+        }
+        Op::Fenced(which) => {
+            let flight = Clients::pick(&core.owner_flights(), *which)?;
+            Input::Fenced {
+                flight,
+                reason: "lease lost".into(),
             }
         }
         Op::NextDeadline => {
@@ -353,7 +448,7 @@ fn step(
         actions,
         predicted
     );
-    note_step(seen, before.as_ref(), &got, &actions);
+    note_step(seen, input, before.as_ref(), &got, &actions);
     compare_observations(n, &core.machine, model, seen)?;
     if let (Input::Read { request }, Reply::Read(result, items)) = (input, &got) {
         check_reader(n, *request, result, items, driver, seen)?;
@@ -373,8 +468,31 @@ fn see(seen: &mut Seen, what: &str) {
     *seen.counts.entry(what.to_owned()).or_default() += 1;
 }
 
-fn note_step(seen: &mut Seen, before: Option<&RequestStatus>, reply: &Reply, actions: &[Action]) {
+fn note_step(
+    seen: &mut Seen,
+    input: &Input,
+    before: Option<&RequestStatus>,
+    reply: &Reply,
+    actions: &[Action],
+) {
     let cancelled_before = before.is_some_and(|s| s.state == RequestState::Cancelled);
+    if reply == &Reply::Flight(Ok(())) {
+        match input {
+            Input::Claimed { role, .. } => see(
+                seen,
+                match role {
+                    Role::Owner => "claimed owner",
+                    Role::Follower => "claimed follower",
+                    Role::Cached(_) => "claimed cached",
+                    _ => "claimed unavailable",
+                },
+            ),
+            Input::RemoteEnded { .. } => see(seen, "remote end"),
+            Input::OwnerLost { .. } => see(seen, "owner lost"),
+            Input::Fenced { .. } => see(seen, "fenced"),
+            _ => {}
+        }
+    }
     match reply {
         Reply::Submit(Ok(s)) => match s.route {
             Route::Joined(_) => see(seen, "route joined"),
@@ -400,6 +518,16 @@ fn note_step(seen: &mut Seen, before: Option<&RequestStatus>, reply: &Reply, act
             } => see(seen, "abort preparation"),
             Action::Abort { .. } => see(seen, "abort stream"),
             Action::Wake { .. } => see(seen, "wake"),
+            Action::Publish { .. } => see(seen, "publish"),
+            Action::Release {
+                cacheable: true, ..
+            } => see(seen, "release cacheable"),
+            Action::Release { .. } => see(seen, "release"),
+            Action::Claim { .. }
+                if matches!(input, Input::OwnerLost { .. } | Input::RemoteEnded { .. }) =>
+            {
+                see(seen, "re-claim after owner lost");
+            }
             _ => {}
         }
     }
@@ -429,6 +557,8 @@ fn compare_observations(
             Some(RequestState::Done(Outcome::Failed(Failure::ResponseTooLarge { .. }))) => {
                 see(seen, "response too large");
             }
+            Some(RequestState::Claiming) => see(seen, "state claiming"),
+            Some(RequestState::Following) => see(seen, "state following"),
             _ => {}
         }
     }
@@ -494,6 +624,10 @@ fn check_reader(
         Some(Item::End(Outcome::Cancelled)) if items.len() == 1 => {
             // Cancelled mid-stream: chunks in earlier reads, then only the end.
             see(seen, "end cancelled after chunks");
+        }
+        Some(Item::End(Outcome::Failed(Failure::OwnerLost))) => {
+            see(seen, "end failed after chunks");
+            see(seen, "end owner lost after chunks");
         }
         Some(Item::End(Outcome::Failed(_))) => see(seen, "end failed after chunks"),
         _ => {}
@@ -585,6 +719,21 @@ pub const MUST_SEE: &[&str] = &[
     "timed out Idle",
     "timed out Attach",
     "response too large",
+    // Cluster mode (contract rules 25-29).
+    "claimed owner",
+    "claimed follower",
+    "claimed cached",
+    "claimed unavailable",
+    "state claiming",
+    "state following",
+    "publish",
+    "release",
+    "release cacheable",
+    "remote end",
+    "owner lost",
+    "re-claim after owner lost",
+    "end owner lost after chunks",
+    "fenced",
 ];
 
 /// What a passing model check did.

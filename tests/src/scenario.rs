@@ -70,6 +70,7 @@ impl Scenario {
             attach_timeout: ms(scale.rotate_left(6)) * 3,
             cancelled_retention: ms(scale.rotate_left(7)),
             finished_retention: ms(scale) * 2,
+            cluster: false,
         };
         let mut ops = Vec::new();
         while !b.0.is_empty() && ops.len() < MAX_OPS {

@@ -41,6 +41,7 @@ fn config() -> Config {
         attach_timeout: d(5_000),
         cancelled_retention: d(300),
         finished_retention: d(700),
+        cluster: false,
     }
 }
 

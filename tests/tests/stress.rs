@@ -206,6 +206,7 @@ fn stress_config() -> Config {
         attach_timeout: Duration::from_secs(5),
         cancelled_retention: ms(200),
         finished_retention: ms(200),
+        cluster: false,
     }
 }
 

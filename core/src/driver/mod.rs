@@ -63,6 +63,8 @@
 //!   for that task and add a task hop to every chunk on its way to the machine.
 //!   BENCHMARKS.md gives the measurements.
 
+mod cluster;
+mod remote;
 mod shared;
 mod signal;
 mod stream;
@@ -71,6 +73,7 @@ mod work;
 
 use std::sync::Arc;
 
+pub use cluster::{Claim, Coordinator, Lost, MemoryCoordinator, Publisher, RemoteEvent, RemoteLog};
 pub use stream::ResultStream;
 pub use user::{BoxFuture, Preparation, Preparer, Upstream};
 
@@ -213,8 +216,68 @@ impl<P: Send + 'static, R: Runtime> Manager<P, R> {
         Pr: Preparer<P>,
         U: Upstream<Pr::Output>,
     {
+        Self::build(runtime, config, preparer, upstream, None)
+    }
+
+    /// A manager in cluster mode on the runtime of the calling context: as
+    /// [`Manager::with_coordinator`] with [`Runtime::current`].
+    ///
+    /// # Errors
+    /// The config's first invalid field.
+    ///
+    /// # Panics
+    /// If the runtime's [`Runtime::current`] does (tokio: outside a runtime).
+    pub fn new_clustered<Pr, U>(
+        config: Config,
+        preparer: Pr,
+        upstream: U,
+        coordinator: Arc<dyn Coordinator>,
+    ) -> Result<Self, ConfigError>
+    where
+        Pr: Preparer<P>,
+        U: Upstream<Pr::Output>,
+    {
+        Self::with_coordinator(R::current(), config, preparer, upstream, coordinator)
+    }
+
+    /// A manager in cluster mode ([`crate::cluster`]; `config.cluster` is set
+    /// here): every new flight first claims its key from `coordinator`, and
+    /// runs the upstream only if this instance becomes the key's owner (it
+    /// publishes its log then); otherwise it follows the owner's log or is
+    /// served from the cluster's cache. Managers sharing a coordinator (Redis,
+    /// or one [`MemoryCoordinator`]) coalesce and cache across each other.
+    ///
+    /// # Errors
+    /// The config's first invalid field.
+    pub fn with_coordinator<Pr, U>(
+        runtime: R,
+        mut config: Config,
+        preparer: Pr,
+        upstream: U,
+        coordinator: Arc<dyn Coordinator>,
+    ) -> Result<Self, ConfigError>
+    where
+        Pr: Preparer<P>,
+        U: Upstream<Pr::Output>,
+    {
+        config.cluster = true;
+        Self::build(runtime, config, preparer, upstream, Some(coordinator))
+    }
+
+    fn build<Pr, U>(
+        runtime: R,
+        config: Config,
+        preparer: Pr,
+        upstream: U,
+        coordinator: Option<Arc<dyn Coordinator>>,
+    ) -> Result<Self, ConfigError>
+    where
+        Pr: Preparer<P>,
+        U: Upstream<Pr::Output>,
+    {
         let machine = Machine::new(config)?;
-        let shared = Shared::new(runtime, machine, user::erase(preparer, upstream));
+        let prepare = user::erase(preparer, upstream);
+        let shared = Shared::new(runtime, machine, prepare, coordinator);
         Ok(Manager {
             owner: Arc::new(Owner { shared }),
         })

@@ -13,11 +13,13 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use event_listener::Event;
 use futures_lite::future::FutureExt as _;
 
+use super::cluster::Coordinator;
+use super::remote::{PublishOp, PublishQueue};
 use super::signal::Signal;
 use super::user::{Opener, PrepareFn};
 use super::{Runtime, TaskCounts};
 use crate::idmap::IdMap;
-use crate::{Action, Failure, FlightId, Item, Machine, Readiness, RequestId, Time};
+use crate::{Action, Failure, FlightId, Item, Machine, Readiness, RequestId, Role, Time};
 
 /// What one read under the manager's lock gave.
 pub(crate) enum Read {
@@ -35,8 +37,24 @@ struct FlightData<P> {
     payload: Option<P>,
     /// The prepared value (inside the opener), until the stream starts.
     opener: Option<Opener>,
-    /// The stop signal of the running preparation or upstream task.
+    /// The stop signal of the running preparation or upstream task (or, for a
+    /// follower flight in cluster mode, of its follow task).
     stop: Option<Arc<Signal>>,
+    /// Cluster mode, owner flights: the queue of their publisher task. Dropped
+    /// (outside the lock) on `FlightEnded`, which ends the task once it has
+    /// written what is queued.
+    publish: Option<PublishQueue>,
+}
+
+impl<P> FlightData<P> {
+    fn empty() -> Self {
+        FlightData {
+            payload: None,
+            opener: None,
+            stop: None,
+            publish: None,
+        }
+    }
 }
 
 /// The timer task's view of the machine's next deadline.
@@ -84,10 +102,25 @@ impl<P> State<P> {
             flight,
             FlightData {
                 payload: Some(payload),
-                opener: None,
-                stop: None,
+                ..FlightData::empty()
             },
         );
+    }
+
+    /// Keeps the publish queue of a flight that just became a key's owner.
+    pub(super) fn set_publish_queue(&mut self, flight: FlightId, queue: PublishQueue) {
+        self.flights
+            .entry(flight)
+            .or_insert_with(FlightData::empty)
+            .publish = Some(queue);
+    }
+
+    /// Keeps the stop signal of a follower flight's follow task.
+    pub(super) fn set_stop(&mut self, flight: FlightId, stop: Arc<Signal>) {
+        self.flights
+            .entry(flight)
+            .or_insert_with(FlightData::empty)
+            .stop = Some(stop);
     }
 }
 
@@ -155,6 +188,10 @@ pub(crate) struct Shared<P, R: Runtime> {
     me: Weak<Self>,
     pub(crate) runtime: R,
     prepare: PrepareFn<P>,
+    /// Cluster mode: who runs a key across instances (`None`: a single instance).
+    pub(super) coordinator: Option<Arc<dyn Coordinator>>,
+    /// Set by shutdown: unanswered claims are dropped.
+    pub(super) closing: Signal,
     /// The configured response limit, for the upstream's flow control: the
     /// driver stops pulling once the chunks it holds would be refused.
     pub(super) max_response_bytes: u64,
@@ -165,12 +202,19 @@ pub(crate) struct Shared<P, R: Runtime> {
 }
 
 impl<P: Send + 'static, R: Runtime> Shared<P, R> {
-    pub(crate) fn new(runtime: R, machine: Machine, prepare: PrepareFn<P>) -> Arc<Self> {
+    pub(crate) fn new(
+        runtime: R,
+        machine: Machine,
+        prepare: PrepareFn<P>,
+        coordinator: Option<Arc<dyn Coordinator>>,
+    ) -> Arc<Self> {
         let max_response_bytes = machine.config().max_response_bytes;
         let shared = Arc::new_cyclic(|me| Shared {
             me: me.clone(),
             runtime,
             prepare,
+            coordinator,
+            closing: Signal::default(),
             max_response_bytes,
             state: Mutex::new(State {
                 machine,
@@ -270,6 +314,9 @@ impl<P: Send + 'static, R: Runtime> Shared<P, R> {
                         if let Some(opener) = data.opener.take() {
                             after.drop.push(Box::new(opener));
                         }
+                        if let Some(queue) = data.publish.take() {
+                            after.drop.push(Box::new(queue));
+                        }
                     }
                 }
                 Action::Wake { request } => {
@@ -279,6 +326,28 @@ impl<P: Send + 'static, R: Runtime> Shared<P, R> {
                         }
                     }
                 }
+                Action::Claim { flight, key } => {
+                    // A re-claim: the follow task that reported the lost owner is over.
+                    if let Some(stop) = g.flights.get_mut(&flight).and_then(|d| d.stop.take()) {
+                        stop_task(stop, after);
+                    }
+                    if !self.start_claim(flight, key) {
+                        let reason = "cluster mode without a coordinator \
+                                      (use Manager::with_coordinator)"
+                            .to_owned();
+                        let _ = g
+                            .machine
+                            .handle_claimed(now, flight, Role::Unavailable(reason));
+                    }
+                }
+                Action::Publish { flight, chunks } => {
+                    publish(g, flight, PublishOp::Append(chunks));
+                }
+                Action::Release {
+                    flight,
+                    outcome,
+                    cacheable,
+                } => publish(g, flight, PublishOp::Finish { outcome, cacheable }),
             }
         }
         let next = g.machine.poll_timeout();
@@ -294,7 +363,7 @@ impl<P: Send + 'static, R: Runtime> Shared<P, R> {
     }
 
     /// Spawns a task, counted until its future is dropped.
-    fn spawn(&self, work: impl Future<Output = ()> + Send + 'static) {
+    pub(super) fn spawn(&self, work: impl Future<Output = ()> + Send + 'static) {
         self.tasks.spawned.fetch_add(1, Ordering::SeqCst);
         let guard = TaskGuard(Arc::clone(&self.tasks));
         self.runtime.spawn(Box::pin(async move {
@@ -354,6 +423,9 @@ impl<P: Send + 'static, R: Runtime> Shared<P, R> {
             g.timer.closed = true;
             g.timer.target = None;
         });
+        if self.closing.set() {
+            self.closing.notify();
+        }
         self.timer_changed.notify(usize::MAX);
     }
 
@@ -394,4 +466,14 @@ impl<P: Send + 'static, R: Runtime> Shared<P, R> {
 fn stop_task(stop: Arc<Signal>, after: &mut After) {
     stop.set();
     after.stop.push(stop);
+}
+
+/// Queues an owner flight's write for its publisher task, under the lock, so
+/// writes keep the machine's order. A flight without a queue (not an owner,
+/// which the machine never asks to publish) has nothing to do.
+fn publish<P>(g: &State<P>, flight: FlightId, op: PublishOp) {
+    if let Some(queue) = g.flights.get(&flight).and_then(|d| d.publish.as_ref()) {
+        // Unbounded: never waits; it fails only once the task is gone (fenced).
+        let _ = queue.try_send(op);
+    }
 }

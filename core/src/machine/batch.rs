@@ -14,7 +14,9 @@ use super::Machine;
 use crate::deadline::Timer;
 use crate::flight::FlightPhase;
 use crate::reading;
-use crate::{Failure, FlightId, Outcome, Readiness, RequestError, RequestId, StaleFlight, Time};
+use crate::{
+    Action, Failure, FlightId, Outcome, Readiness, RequestError, RequestId, StaleFlight, Time,
+};
 
 /// What [`Machine::read_borrowed`] found: the new chunks, lent, and the outcome
 /// if this read is the terminal one.
@@ -47,7 +49,13 @@ impl Machine {
         flight: FlightId,
         chunks: impl IntoIterator<Item = Bytes>,
     ) -> Result<usize, StaleFlight> {
-        self.expect_phase(flight, |p| matches!(p, FlightPhase::Streaming { .. }))?;
+        // A follower's chunks come from the owner's log (contract rule 27).
+        self.expect_phase(flight, |p| {
+            matches!(
+                p,
+                FlightPhase::Streaming { .. } | FlightPhase::Following { .. }
+            )
+        })?;
         let mut chunks = chunks.into_iter().peekable();
         if chunks.peek().is_none() {
             return Ok(0);
@@ -59,23 +67,21 @@ impl Machine {
             return Err(StaleFlight);
         };
         let tail = f.tail_mut();
-        let mut accepted = 0;
-        let mut too_large = false;
-        for data in chunks {
-            let bytes = tail.bytes.saturating_add(data.len() as u64);
-            if bytes > limit {
-                too_large = true;
-                break; // the rest is ignored, as one by one after the failure
-            }
-            tail.bytes = bytes;
-            tail.log.push(data);
-            accepted += 1;
-        }
+        let before = tail.log.len();
+        // Past the limit the rest is ignored, as one by one after the failure.
+        let (accepted, too_large) = tail.append(chunks, limit);
         if accepted > 0 {
+            if self.config.cluster && self.remote.is_owner(flight) {
+                // Contract rule 26: the owner publishes what it accepted, in order.
+                let chunks = tail.log[before..].to_vec();
+                self.actions.push_back(Action::Publish { flight, chunks });
+            }
             for id in tail.parked.drain(..) {
                 self.records.wake(&mut self.actions, id, flight);
             }
-            if let FlightPhase::Streaming { ends_by, .. } = f.phase {
+            if let FlightPhase::Streaming { ends_by, .. } | FlightPhase::Following { ends_by } =
+                f.phase
+            {
                 self.deadlines.move_to(
                     &mut f.deadline,
                     ends_by.min(now + idle),
@@ -118,7 +124,7 @@ impl Machine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Action, Config, Item, Prepared};
+    use crate::{Config, Item, Prepared};
 
     /// A machine with one streaming flight of `readers` attached members.
     fn streaming(config: Config, readers: usize) -> (Machine, FlightId, Vec<RequestId>) {

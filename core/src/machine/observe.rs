@@ -20,6 +20,8 @@ impl Machine {
                     FlightPhase::Preparing => (RequestState::Preparing, None),
                     FlightPhase::Prepared { .. } => (RequestState::WaitingForStream, None),
                     FlightPhase::Streaming { .. } => (RequestState::Streaming, None),
+                    FlightPhase::Claiming => (RequestState::Claiming, None),
+                    FlightPhase::Following { .. } => (RequestState::Following, None),
                 };
                 RequestStatus {
                     state,
@@ -47,13 +49,17 @@ impl Machine {
     #[must_use]
     pub fn stats(&self) -> Stats {
         let (preparing, streaming) = (self.slots.preparing(), self.slots.streaming());
+        let (claiming, following) = (self.remote.claiming(), self.remote.following());
+        let elsewhere = self.queue.len() + preparing + streaming + claiming + following;
         Stats {
             requests: self.records.len(),
             live_requests: self.records.live(),
             queued: self.queue.len(),
             preparing,
-            waiting_for_stream: self.flights.len() - self.queue.len() - preparing - streaming,
+            waiting_for_stream: self.flights.len() - elsewhere,
             streaming,
+            claiming,
+            following,
             preparation_slots_in_use: preparing,
             stream_slots_in_use: streaming,
             readers: self.records.readers(),
@@ -75,6 +81,7 @@ impl Machine {
             && self.slots.streaming() == 0
             && self.deadlines.len() == 0
             && self.cache.len() == 0
+            && self.remote.is_empty()
             && self.actions.is_empty()
     }
 
@@ -106,6 +113,12 @@ impl Machine {
             .and_then(|()| self.slots.check(&self.flights, limits, self.queue.len()))
             .and_then(|()| self.records.check(&self.flights, &self.deadlines))
             .and_then(|()| self.cache.check(&self.deadlines))
+            .and_then(|()| {
+                let queued = self.queue.len();
+                let capacity = c.queue_capacity;
+                self.remote
+                    .check(&self.flights, c.cluster, queued, capacity)
+            })
             .and_then(|()| self.deadlines.check())
             .and_then(|()| self.check_deadline_owners())
             .map_err(InvariantViolation)

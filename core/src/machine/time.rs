@@ -66,12 +66,17 @@ impl Machine {
         // Popped already. Name the phase from when the deadline was due, not from
         // `now`: a driver that wakes late must still see an idle expiry as idle.
         let due = f.deadline;
+        // Cluster mode: claiming is queue time; following has a stream's deadlines.
         let (phase, abort) = match f.phase {
-            FlightPhase::Queued => (Phase::Queue, false),
+            FlightPhase::Queued | FlightPhase::Claiming => (Phase::Queue, false),
             FlightPhase::Preparing => (Phase::Preparation, true),
             FlightPhase::Prepared { .. } => (Phase::StreamSlot, false),
-            FlightPhase::Streaming { ends_by, .. } if due >= ends_by => (Phase::Stream, true),
-            FlightPhase::Streaming { .. } => (Phase::Idle, true),
+            FlightPhase::Streaming { ends_by, .. } | FlightPhase::Following { ends_by }
+                if due >= ends_by =>
+            {
+                (Phase::Stream, true)
+            }
+            FlightPhase::Streaming { .. } | FlightPhase::Following { .. } => (Phase::Idle, true),
         };
         self.end_flight(now, flight, &Outcome::TimedOut(phase), abort);
     }

@@ -183,8 +183,9 @@ impl Machine {
     }
 
     /// Ends a flight: releases whatever it holds, aborts running work if `abort`,
-    /// ends every member with `outcome`, caches a completed cacheable log, and
-    /// emits [`Action::FlightEnded`]. The caller pumps afterwards.
+    /// ends every member with `outcome`, caches a completed cacheable log,
+    /// releases a cluster owner's lease ([`Action::Release`]), and emits
+    /// [`Action::FlightEnded`]. The caller pumps afterwards.
     pub(super) fn end_flight(
         &mut self,
         now: Time,
@@ -203,10 +204,16 @@ impl Machine {
         }
         self.slots.release(flight, f.phase);
         let (work, cacheable) = match f.phase {
-            FlightPhase::Queued | FlightPhase::Prepared { .. } => (None, false),
+            FlightPhase::Queued | FlightPhase::Prepared { .. } | FlightPhase::Claiming => {
+                (None, false)
+            }
             FlightPhase::Preparing => (Some(Work::Preparation), false),
             FlightPhase::Streaming { cacheable, .. } => (Some(Work::Stream), cacheable),
+            // A follower's result is not cached here: the cluster's cache is the
+            // shared one (see `crate::cluster`). Its abort stops the following.
+            FlightPhase::Following { .. } => (Some(Work::Stream), false),
         };
+        let owner = self.config.cluster && self.remote.end(flight, f.phase);
         if let Some(work) = work.filter(|_| abort) {
             self.actions.push_back(Action::Abort { flight, work });
         }
@@ -228,6 +235,14 @@ impl Machine {
         }
         for member in f.members.iter() {
             self.finish(now, member, Arc::clone(&ending));
+        }
+        if owner {
+            // Contract rule 26: the owner's end goes to the shared log, last.
+            self.actions.push_back(Action::Release {
+                flight,
+                outcome: outcome.clone(),
+                cacheable: *outcome == Outcome::Completed && cacheable,
+            });
         }
         self.actions.push_back(Action::FlightEnded { flight });
     }

@@ -66,6 +66,7 @@
 //! # }
 //! ```
 
+mod coordinator;
 mod scripts;
 
 use std::collections::VecDeque;
@@ -80,6 +81,7 @@ pub use redis;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Value};
 
+pub use coordinator::RedisCoordinator;
 use scripts::Scripts;
 
 /// Settings of the Redis layer. Every instance of a cluster must use the same

@@ -444,6 +444,7 @@ impl Args {
             attach_timeout: self.attach_timeout,
             cancelled_retention: self.cancelled_retention,
             finished_retention: self.finished_retention,
+            cluster: false,
         };
         if let Err(e) = manager.validate() {
             let field = match &e {

@@ -115,6 +115,7 @@ impl Args {
             attach_timeout: t[6],
             cancelled_retention: t[7],
             finished_retention: t[8],
+            cluster: false,
         }
     }
 }
