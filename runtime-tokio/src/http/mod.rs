@@ -556,13 +556,19 @@ fn clustered_manager<Pr, U>(
     config: &GatewayConfig,
     preparer: Pr,
     upstream: U,
-    _cluster: &crate::cluster::Cluster,
+    cluster: &crate::cluster::Cluster,
 ) -> Result<Manager<Job>, GatewayError>
 where
     Pr: crate::Preparer<Job>,
     U: crate::Upstream<Pr::Output>,
 {
-    Ok(Manager::new(config.manager.clone(), preparer, upstream)?)
+    let coordinator = crate::cluster::RedisCoordinator::new(cluster.clone());
+    Ok(Manager::new_clustered(
+        config.manager.clone(),
+        preparer,
+        upstream,
+        Arc::new(coordinator),
+    )?)
 }
 
 /// What the control plane runs for a command about one of this instance's

@@ -354,6 +354,8 @@ fn state_name(state: &RequestState) -> &'static str {
         RequestState::Preparing => "preparing",
         RequestState::WaitingForStream => "waiting_for_stream",
         RequestState::Streaming => "streaming",
+        RequestState::Claiming => "claiming",
+        RequestState::Following => "following",
         RequestState::Cancelled => "cancelled",
         RequestState::Done(outcome) => outcome_name(outcome),
         _ => "unknown",
