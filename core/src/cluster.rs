@@ -44,6 +44,10 @@
 //!   a local flight's does (and `Release` tells the driver it is cacheable, for
 //!   the shared cache). A follower's result and a [`Role::Cached`] result do not
 //!   enter the local cache: the coordinator's cache is the shared one.
+//! - **A remote end that is no answer** (the owner's flight was cancelled,
+//!   timed out, or failed [`Failure::Shutdown`](crate::Failure::Shutdown)
+//!   because its instance shut down) is handled as a lost owner
+//!   ([rule 28](crate::contract#rule-28)).
 //! - **A fenced owner releases nothing**: its lease is gone, so its end emits no
 //!   `Release`, only the `Abort` of its work and `FlightEnded`.
 //! - **Stats**: the gauges `claiming` and `following` count flights in those

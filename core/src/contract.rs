@@ -262,8 +262,9 @@
 //!
 //! ### Rule 28
 //! **Owner lost: re-claim if nothing was read, else a clear failure.** When a
-//! follower's owner is gone (its lease lapsed, or its flight ended without a
-//! result), a follower that has received nothing claims the key again, under
+//! follower's owner is gone (its lease lapsed, or its flight ended without an
+//! answer: cancelled, timed out, or shut down), a follower that has received
+//! nothing claims the key again, under
 //! its original queue deadline, and may become the owner: its members never see
 //! the loss. One that has received chunks ends every member
 //! [`Failure::OwnerLost`](crate::Failure::OwnerLost) after the chunks already

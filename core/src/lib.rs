@@ -79,6 +79,11 @@
 //! assert!(machine.poll_timeout().is_some());
 //! ```
 //!
+//! ## Several machines
+//! With [`Config::cluster`] set, machines on several gateway instances share
+//! flights through a coordinator (Redis): the machine asks who runs a new key
+//! ([`Action::Claim`]) and takes the answer as an input. See [`cluster`].
+//!
 //! ## Determinism
 //! Ids are sequential, all maps are ordered, nothing is random. [`Input`] and
 //! [`Action`] are serde types: a run recorded as `(Time, Input)` pairs replays

@@ -381,3 +381,77 @@ async fn connect_owned(url: String, instance: &'static str, prefix: &'static str
         .await
         .expect("connect")
 }
+
+/// An owner whose chunks come further apart than the lease keeps it by
+/// renewing (every lease / 3): its followers complete, nobody sees it lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_owner_keeps_its_lease_by_renewing() {
+    let server = RedisServer::start();
+    bounded(async {
+        // 3 chunks 500 ms apart: 1.5 s, the lease is 400 ms.
+        let fake = Fake::new(3, Duration::from_millis(500));
+        let a = fake.manager(
+            TokioRuntime::current(),
+            connect(&server, "a", "renew:").await,
+        );
+        let b = fake.manager(
+            TokioRuntime::current(),
+            connect(&server, "b", "renew:").await,
+        );
+        let on_a = a.submit_and_stream("k", ()).expect("submit");
+        while fake.calls() == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await; // A owns the key
+        }
+        let on_b = b.submit_and_stream("k", ()).expect("submit");
+        let (a_result, b_result) = futures_lite::future::zip(read_all(on_a), read_all(on_b)).await;
+        assert_eq!(a_result, (expected(3), Outcome::Completed));
+        assert_eq!(b_result, (expected(3), Outcome::Completed));
+        assert_eq!(fake.calls(), 1);
+        assert_eq!(b.stats().totals.followed, 1);
+        settled(&[&a, &b]).await;
+        shut_down(&[&a, &b]).await;
+        assert_only_cache_keys(&server, "renew:").await;
+    })
+    .await;
+}
+
+/// An owner that lost its lease while alive (here the lease is deleted, as if
+/// it had lapsed during a partition): its next append is fenced, its members
+/// end `Failed(Cluster)` and its upstream is stopped; a follower that read
+/// ends `Failed(OwnerLost)`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_whose_lease_is_gone_is_fenced() {
+    let server = RedisServer::start();
+    bounded(async {
+        let fake = Fake::new(50, Duration::from_millis(20));
+        let a = fake.manager(TokioRuntime::current(), connect(&server, "a", "fence:").await);
+        let b = fake.manager(TokioRuntime::current(), connect(&server, "b", "fence:").await);
+        let mut on_a = a.submit_and_stream("k", ()).expect("submit");
+        read_chunks(&mut on_a, 1).await;
+        let mut on_b = b.submit_and_stream("k", ()).expect("submit");
+        read_chunks(&mut on_b, 1).await;
+        let owner_keys: Vec<String> = server
+            .keys("fence:")
+            .into_iter()
+            .filter(|k| k.ends_with(":owner"))
+            .collect();
+        assert_eq!(owner_keys.len(), 1, "{owner_keys:?}");
+        let _: i64 = flightdeck_tokio::cluster::redis::cmd("DEL")
+            .arg(&owner_keys[0])
+            .query(&mut server.inspect())
+            .expect("DEL");
+        let (_, outcome) = read_all(on_a).await;
+        assert!(
+            matches!(&outcome, Outcome::Failed(Failure::Cluster(reason)) if reason.contains("fenced")),
+            "{outcome:?}"
+        );
+        let (_, outcome) = read_all(on_b).await;
+        assert_eq!(outcome, Outcome::Failed(Failure::OwnerLost));
+        assert_eq!(fake.calls(), 1);
+        assert_eq!(a.stats().streaming, 0, "the owner's upstream was stopped");
+        settled(&[&a, &b]).await;
+        shut_down(&[&a, &b]).await;
+        assert_only_cache_keys(&server, "fence:").await;
+    })
+    .await;
+}

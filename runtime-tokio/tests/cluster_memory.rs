@@ -3,12 +3,13 @@
 //! plugs into). `runtime-smol/tests/cluster_memory.rs` runs the herd on smol.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use flightdeck_tokio::driver::BoxFuture;
 use flightdeck_tokio::{
-    Bytes, Config, Coordinator, Failure, Item, Key, Manager, MemoryCoordinator, Outcome,
-    Preparation, ResultStream,
+    Bytes, Claim, Config, Coordinator, Failure, Item, Key, Lost, Manager, MemoryCoordinator,
+    Outcome, Preparation, Publisher, ResultStream,
 };
 
 /// Fails the test if `test` takes more than 30 s.
@@ -188,6 +189,112 @@ async fn a_follower_that_read_nothing_claims_again_when_the_owner_is_lost() {
         assert_eq!((chunks, outcome), (expected(), Outcome::Completed));
         assert_eq!(calls.load(Ordering::SeqCst), 2, "B re-claimed and ran it");
         drop(owner);
+        for m in [a, b] {
+            m.shutdown().await;
+            assert_eq!(m.tasks_running(), 0);
+        }
+    })
+    .await;
+}
+
+/// A coordinator whose claims take `delay` (a slow network), and which records
+/// the outcomes its owners finish with.
+struct Slow {
+    inner: Arc<MemoryCoordinator>,
+    delay: Duration,
+    finished: Arc<Mutex<Vec<Outcome>>>,
+}
+
+impl Coordinator for Slow {
+    fn claim(&self, key: Key) -> BoxFuture<Claim> {
+        let (inner, delay) = (Arc::clone(&self.inner), self.delay);
+        let finished = Arc::clone(&self.finished);
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            match inner.claim(key).await {
+                Claim::Owner(inner) => Claim::Owner(Box::new(Recording { inner, finished })),
+                other => other,
+            }
+        })
+    }
+}
+
+struct Recording {
+    inner: Box<dyn Publisher>,
+    finished: Arc<Mutex<Vec<Outcome>>>,
+}
+
+impl Publisher for Recording {
+    fn append(&self, chunks: Vec<Bytes>) -> BoxFuture<Result<(), Lost>> {
+        self.inner.append(chunks)
+    }
+    fn renew(&self) -> BoxFuture<Result<(), Lost>> {
+        self.inner.renew()
+    }
+    fn renew_every(&self) -> Duration {
+        self.inner.renew_every()
+    }
+    fn finish(&self, outcome: Outcome, cacheable: bool) -> BoxFuture<Result<(), Lost>> {
+        self.finished.lock().unwrap().push(outcome.clone());
+        self.inner.finish(outcome, cacheable)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_won_after_its_flight_ended_is_given_back() {
+    bounded(async {
+        let memory = Arc::new(MemoryCoordinator::new());
+        let finished = Arc::new(Mutex::new(Vec::new()));
+        let slow: Arc<dyn Coordinator> = Arc::new(Slow {
+            inner: Arc::clone(&memory),
+            delay: Duration::from_millis(50),
+            finished: Arc::clone(&finished),
+        });
+        let prepare = |(): ()| async { Ok::<_, std::io::Error>(Preparation::cacheable(())) };
+        let upstream = |(): ()| async {
+            Ok::<_, std::io::Error>(futures_lite::stream::iter(Vec::<
+                Result<Bytes, std::io::Error>,
+            >::new()))
+        };
+        let m: Manager<()> =
+            Manager::new_clustered(Config::default(), prepare, upstream, slow).expect("manager");
+        let stream = m.submit_and_stream("k", ()).expect("submit");
+        assert_eq!(m.stats().claiming, 1);
+        drop(stream); // the flight ends while its claim is under way
+        assert_eq!(m.stats().claiming, 0);
+        settled(std::slice::from_ref(&m)).await; // the claim task answered and gave the lease back
+        assert_eq!(
+            *finished.lock().unwrap(),
+            vec![Outcome::Cancelled],
+            "given back"
+        );
+        assert!(memory.live_keys().is_empty(), "no lease left behind");
+        assert_eq!(m.stats().totals.streams_started, 0);
+        m.shutdown().await;
+        assert_eq!(m.tasks_running(), 0);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_whose_members_leave_stops_following_and_the_owner_goes_on() {
+    bounded(async {
+        let coordinator = Arc::new(MemoryCoordinator::new());
+        let calls = Arc::new(AtomicUsize::new(0));
+        let a = manager(&coordinator, &calls, Duration::from_millis(5));
+        let b = manager(&coordinator, &calls, Duration::from_millis(5));
+        let mut owner = a.submit_and_stream("k", ()).expect("submit");
+        assert!(matches!(owner.next_item().await, Some(Item::Chunk(_))));
+        let mut follower = b.submit_and_stream("k", ()).expect("submit");
+        assert!(matches!(follower.next_item().await, Some(Item::Chunk(_))));
+        assert_eq!(b.tasks_running(), 2, "the timer and the follow task");
+        drop(follower); // B's last member leaves: Abort stops the follow task
+        settled(std::slice::from_ref(&b)).await;
+        assert_eq!(b.stats().following, 0);
+        let (mut chunks, outcome) = read_all(owner).await;
+        chunks.insert(0, expected()[0].clone());
+        assert_eq!((chunks, outcome), (expected(), Outcome::Completed));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
         for m in [a, b] {
             m.shutdown().await;
             assert_eq!(m.tasks_running(), 0);

@@ -11,6 +11,9 @@
 //! - [`scenario`]: the scenario decoder shared by tests, proptest and cargo-fuzz;
 //! - [`trace`]: postcard traces of `(Time, Input)` pairs, recorded and replayed;
 //! - [`explore`]: the exhaustive explorer (model checker) with state hashing;
+//! - [`cluster_world`]: two machines in cluster mode over one key with a
+//!   simulated Redis, and [`cluster_explore`], its exhaustive explorer (an owner
+//!   crash at every point);
 //! - [`model`]: a deliberately naive reference model of the contract;
 //! - [`model_check`]: the core and the model side by side over random inputs,
 //!   for any configuration (the proptest, as a library).
@@ -23,6 +26,8 @@
 //!   conformance suite and the stress test;
 //! - [`demo`]: the demo scenario both adapters' `demo` examples run.
 
+pub mod cluster_explore;
+pub mod cluster_world;
 #[cfg(feature = "runtimes")]
 pub mod conformance_kit;
 #[cfg(feature = "runtimes")]

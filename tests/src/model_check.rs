@@ -128,7 +128,7 @@ pub enum Op {
         len: u8,
     },
     /// Cluster mode: a following flight's owner ends: completed, failed,
-    /// cancelled or timed out (`kind % 4`).
+    /// cancelled, shut down or timed out (`kind % 5`).
     RemoteEnd {
         /// Which following flight.
         which: u8,
@@ -369,10 +369,11 @@ fn to_input(
         }
         Op::RemoteEnd { which, kind } => {
             let flight = Clients::pick(&core.following_flights(), *which)?;
-            let outcome = match kind % 4 {
+            let outcome = match kind % 5 {
                 0 => Outcome::Completed,
                 1 => Outcome::Failed(Failure::Upstream("remote".into())),
                 2 => Outcome::Cancelled,
+                3 => Outcome::Failed(Failure::Shutdown),
                 _ => Outcome::TimedOut(flightdeck_core::Phase::Stream),
             };
             Input::RemoteEnded { flight, outcome }

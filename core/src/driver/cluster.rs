@@ -381,3 +381,132 @@ impl Drop for MemoryPublisher {
         self.log.lose();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures_lite::future::block_on;
+    use futures_lite::StreamExt as _;
+
+    use super::*;
+
+    fn chunks(words: &[&'static str]) -> Vec<Bytes> {
+        words
+            .iter()
+            .map(|w| Bytes::from_static(w.as_bytes()))
+            .collect()
+    }
+
+    fn owner(claim: Claim) -> Box<dyn Publisher> {
+        match claim {
+            Claim::Owner(publisher) => publisher,
+            other => panic!("expected Owner, got {other:?}"),
+        }
+    }
+
+    fn follower(claim: Claim) -> RemoteLog {
+        match claim {
+            Claim::Follower(log) => log,
+            other => panic!("expected Follower, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn one_owner_per_key_followers_replay_then_the_cache_answers() {
+        block_on(async {
+            let coordinator = MemoryCoordinator::new();
+            let key = Key::from("k");
+            let publisher = owner(coordinator.claim(key.clone()).await);
+            publisher.append(chunks(&["a", "b"])).await.unwrap();
+            // A late follower replays from the first batch.
+            let mut log = follower(coordinator.claim(key.clone()).await);
+            assert_eq!(
+                log.next().await,
+                Some(RemoteEvent::Chunks(chunks(&["a", "b"])))
+            );
+            publisher.append(chunks(&["c"])).await.unwrap();
+            publisher.renew().await.unwrap();
+            publisher.finish(Outcome::Completed, true).await.unwrap();
+            assert_eq!(log.next().await, Some(RemoteEvent::Chunks(chunks(&["c"]))));
+            assert_eq!(log.next().await, Some(RemoteEvent::End(Outcome::Completed)));
+            assert_eq!(log.next().await, None);
+            match coordinator.claim(key.clone()).await {
+                Claim::Cached(cached) => assert_eq!(cached, chunks(&["a", "b", "c"])),
+                other => panic!("expected Cached, got {other:?}"),
+            }
+            assert!(coordinator.live_keys().is_empty());
+        });
+    }
+
+    #[test]
+    fn an_uncacheable_or_failed_result_is_not_cached() {
+        block_on(async {
+            let coordinator = MemoryCoordinator::new();
+            for (key, outcome, cacheable) in [
+                ("u", Outcome::Completed, false),
+                (
+                    "f",
+                    Outcome::Failed(crate::Failure::Upstream("x".into())),
+                    true,
+                ),
+            ] {
+                let publisher = owner(coordinator.claim(Key::from(key)).await);
+                publisher.finish(outcome, cacheable).await.unwrap();
+                assert_eq!(coordinator.cached(&Key::from(key)), None);
+                // The next claim owns a new generation.
+                drop(owner(coordinator.claim(Key::from(key)).await));
+            }
+        });
+    }
+
+    #[test]
+    fn a_dropped_publisher_loses_the_lease() {
+        block_on(async {
+            let coordinator = MemoryCoordinator::new();
+            let key = Key::from("k");
+            let publisher = owner(coordinator.claim(key.clone()).await);
+            publisher.append(chunks(&["a"])).await.unwrap();
+            let mut log = follower(coordinator.claim(key.clone()).await);
+            drop(publisher);
+            assert_eq!(log.next().await, Some(RemoteEvent::Chunks(chunks(&["a"]))));
+            assert_eq!(log.next().await, Some(RemoteEvent::OwnerLost));
+            assert_eq!(log.next().await, None);
+            // The key is free again.
+            drop(owner(coordinator.claim(key).await));
+        });
+    }
+
+    #[test]
+    fn a_revoked_owner_is_fenced_and_a_new_owner_is_not_disturbed() {
+        block_on(async {
+            let coordinator = MemoryCoordinator::new();
+            let key = Key::from("k");
+            let old = owner(coordinator.claim(key.clone()).await);
+            let mut log = follower(coordinator.claim(key.clone()).await);
+            assert!(coordinator.revoke(&key));
+            assert!(!coordinator.revoke(&key));
+            assert_eq!(log.next().await, Some(RemoteEvent::OwnerLost));
+            let new = owner(coordinator.claim(key.clone()).await);
+            assert!(old.append(chunks(&["late"])).await.is_err());
+            assert!(old.renew().await.is_err());
+            assert!(old.finish(Outcome::Completed, true).await.is_err());
+            drop(old); // dropping the fenced publisher leaves the new owner alone
+            assert_eq!(coordinator.live_keys(), vec![key.clone()]);
+            new.finish(Outcome::Completed, true).await.unwrap();
+            assert_eq!(coordinator.cached(&key), Some(Vec::new()));
+        });
+    }
+
+    #[test]
+    fn the_cache_keeps_at_most_its_capacity_oldest_out_first() {
+        block_on(async {
+            let coordinator = MemoryCoordinator::with_cache_capacity(2);
+            for key in ["a", "b", "c"] {
+                let publisher = owner(coordinator.claim(Key::from(key)).await);
+                publisher.finish(Outcome::Completed, true).await.unwrap();
+            }
+            assert_eq!(coordinator.cached(&Key::from("a")), None);
+            assert!(coordinator.cached(&Key::from("b")).is_some());
+            assert!(coordinator.cached(&Key::from("c")).is_some());
+        });
+    }
+}

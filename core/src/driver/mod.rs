@@ -19,7 +19,10 @@
 //! - a [`ResultStream`] pulls its request's items from the machine and parks
 //!   until the machine emits a wake for it; dropping it detaches ([rule 15](crate::contract#rule-15));
 //! - every spawned task is counted until its future is dropped
-//!   ([`Manager::tasks`]), and [`Manager::shutdown`] waits for all of them.
+//!   ([`Manager::tasks`]), and [`Manager::shutdown`] waits for all of them;
+//! - in cluster mode ([`Manager::with_coordinator`]) it carries out the
+//!   machine's `Claim`, `Publish` and `Release` through a [`Coordinator`] (see
+//!   [Cluster mode](#cluster-mode) below).
 //!
 //! The core's default build has none of this and no async dependency.
 //!
@@ -55,13 +58,49 @@
 //!   the flag before every pull, and ends a batch of ready chunks before it
 //!   would cross `max_response_bytes`, so it never pulls more than one chunk the
 //!   core refuses. The timer and [`Manager::shutdown`] wait on events too.
-//! - **Why no `async-lock` and no `async-channel`.** An async lock is for a lock
-//!   held across an await; this one never is, and the manager's methods are
-//!   synchronous (`submit`, `cancel`, `status` return at once, with the
-//!   machine's answer), so they could not await an async lock anyway. A queue
-//!   of inputs to a task that owns the machine would make those methods wait
-//!   for that task and add a task hop to every chunk on its way to the machine.
-//!   BENCHMARKS.md gives the measurements.
+//! - **Why no `async-lock`, and `async-channel` only for cluster writes.** An
+//!   async lock is for a lock held across an await; this one never is, and the
+//!   manager's methods are synchronous (`submit`, `cancel`, `status` return at
+//!   once, with the machine's answer), so they could not await an async lock
+//!   anyway. A queue of inputs to a task that owns the machine would make those
+//!   methods wait for that task and add a task hop to every chunk on its way to
+//!   the machine. BENCHMARKS.md gives the measurements. The one queue the
+//!   driver has goes the other way, out of the machine: an owner flight's
+//!   writes to the cluster (below).
+//!
+//! # Cluster mode
+//!
+//! With a [`Coordinator`] (Redis, or the in-process [`MemoryCoordinator`]),
+//! the machine decides as always and the driver runs three more kinds of task,
+//! all outside the lock, all counted, each reporting one input at a time
+//! through `Shared::with` (the code is in `remote.rs`):
+//!
+//! - **a claim task** per [`Action::Claim`](crate::Action::Claim): it awaits
+//!   [`Coordinator::claim`] and reports the answer with
+//!   [`Machine::handle_claimed`]. An owner whose flight ended while it claimed
+//!   (the machine answers `StaleFlight`) gives the lease straight back with
+//!   [`Publisher::finish`]. At shutdown an unanswered claim is dropped.
+//! - **a follow task** per follower flight: it reads the [`RemoteLog`] and
+//!   reports chunks (`handle_chunks`, ready batches merged), the remote end,
+//!   a lost owner, or a failed log (as `Failed(Cluster(reason))`). It is
+//!   stopped by the flight's `Abort { work: Work::Stream }` through the same
+//!   stop signal an upstream task has.
+//! - **a publisher task** per owner flight, fed by an `async-channel` queue:
+//!   the dispatch pushes every `Publish` and the `Release` under the lock, in
+//!   the machine's order (a push never waits: the queue is unbounded, and what
+//!   it can hold is bounded by the core, at most `max_response_bytes` of
+//!   chunks and one release), and the task carries them out strictly in that
+//!   order, one write at a time, merging appends that are already queued, and
+//!   renews the lease every [`Publisher::renew_every`] in between. A refused
+//!   write ([`Lost`]) is reported with [`Machine::handle_fenced`] and ends the
+//!   task. The flight's `FlightEnded` drops the sending side (outside the
+//!   lock), so the task ends once the release is written: nothing outlives
+//!   its flight but that last write.
+//!
+//! Why a channel here and not the lock: the writes are I/O that must keep
+//! their order across inputs made on different threads, and must not hold up
+//! the machine; pushing under the lock fixes the order, the task does the
+//! waiting.
 
 mod cluster;
 mod remote;

@@ -17,7 +17,7 @@ use core::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_lite::future::FutureExt as _;
+use futures_lite::future::{poll_once, FutureExt as _};
 use futures_lite::StreamExt as _;
 
 use super::cluster::{Claim, Coordinator, Publisher, RemoteEvent, RemoteLog};
@@ -42,7 +42,8 @@ pub(super) enum PublishOp {
 /// The sending side of an owner flight's publish queue, kept with the flight.
 pub(super) type PublishQueue = async_channel::Sender<PublishOp>;
 
-/// Appends ready at once are sent as one write, up to this many chunks.
+/// Appends queued at once are sent as one write, and remote chunks ready at
+/// once are reported as one input, up to this many chunks.
 const MAX_APPEND: usize = 1024;
 
 impl<P: Send + 'static, R: Runtime> Shared<P, R> {
@@ -141,13 +142,29 @@ async fn run_follower<P: Send + 'static, R: Runtime>(
     mut log: RemoteLog,
     stop: Arc<Signal>,
 ) {
+    // An event read while merging ready chunks, reported next.
+    let mut next: Option<RemoteEvent> = None;
     loop {
         if stop.is_set() {
             return;
         }
-        let event = log.next().await.unwrap_or_else(|| {
-            RemoteEvent::Failed("the remote log ended without an end".to_owned())
-        });
+        let mut event = match next.take() {
+            Some(event) => event,
+            None => log.next().await.unwrap_or_else(ended_without_end),
+        };
+        if let RemoteEvent::Chunks(chunks) = &mut event {
+            // Chunks that are ready already go to the machine under one lock.
+            while chunks.len() < MAX_APPEND {
+                match poll_once(log.next()).await {
+                    Some(Some(RemoteEvent::Chunks(more))) => chunks.extend(more),
+                    Some(other) => {
+                        next = Some(other.unwrap_or_else(ended_without_end));
+                        break;
+                    }
+                    None => break,
+                }
+            }
+        }
         let over = shared.with(|g, now| match event {
             RemoteEvent::Chunks(chunks) => {
                 let offered = chunks.len();
@@ -172,6 +189,10 @@ async fn run_follower<P: Send + 'static, R: Runtime>(
             return;
         }
     }
+}
+
+fn ended_without_end() -> RemoteEvent {
+    RemoteEvent::Failed("the remote log ended without an end".to_owned())
 }
 
 /// What the publisher task does next.

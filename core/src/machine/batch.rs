@@ -35,13 +35,17 @@ impl Machine {
     /// The upstream of `flight` produced several chunks at once: the same as
     /// [`Machine::handle_chunk`] for each of them in order (rules
     /// [7](crate::contract#rule-7), [16](crate::contract#rule-16),
-    /// [22](crate::contract#rule-22)), in one input. Returns how many chunks were
+    /// [22](crate::contract#rule-22)), in one input. In cluster mode an owner
+    /// also emits the accepted chunks as one [`Action::Publish`]
+    /// ([rule 26](crate::contract#rule-26)). Returns how many chunks were
     /// appended to the log; if one takes the response past `max_response_bytes`,
     /// the flight fails with it and the chunks after it are ignored, as they
     /// would be one by one.
     ///
     /// # Errors
-    /// [`StaleFlight`] if the flight is not streaming; every chunk is ignored
+    /// [`StaleFlight`] if the flight is not streaming (nor, in cluster mode,
+    /// following: a follower's chunks are its owner's log,
+    /// [rule 27](crate::contract#rule-27)); every chunk is ignored
     /// ([rule 16](crate::contract#rule-16)).
     pub fn handle_chunks(
         &mut self,

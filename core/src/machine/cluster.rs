@@ -113,8 +113,9 @@ impl Machine {
     /// ([rule 27](crate::contract#rule-27)). Completed or failed, every member
     /// ends so, after the chunks already in the log (rules
     /// [8](crate::contract#rule-8), [20](crate::contract#rule-20)); the result
-    /// is not cached here. Any other outcome (the owner's own flight was
-    /// cancelled or timed out) means nobody finishes this log: it is handled as
+    /// is not cached here. An outcome that is no answer (the owner's own flight
+    /// was cancelled, timed out, or failed [`Failure::Shutdown`] because its
+    /// instance shut down) means nobody finishes this log: it is handled as
     /// [`Machine::handle_owner_lost`].
     ///
     /// # Errors
@@ -131,13 +132,16 @@ impl Machine {
     ) -> Result<(), StaleFlight> {
         self.expect_phase(flight, |p| matches!(p, FlightPhase::Following { .. }))?;
         match outcome {
+            // A shut-down owner gave no answer either: the next owner may.
+            Outcome::Cancelled | Outcome::TimedOut(_) | Outcome::Failed(Failure::Shutdown) => {
+                self.handle_owner_lost(now, flight)
+            }
             Outcome::Completed | Outcome::Failed(_) => {
                 let now = self.advance(now);
                 self.end_flight(now, flight, &outcome, false);
                 self.pump(now);
                 Ok(())
             }
-            Outcome::Cancelled | Outcome::TimedOut(_) => self.handle_owner_lost(now, flight),
         }
     }
 

@@ -266,6 +266,11 @@ fn rule28_an_owner_lost_before_any_chunk_is_reclaimed_after_it_is_a_failure() {
     m.handle_remote_end(t(12), flight, Outcome::Cancelled)
         .unwrap();
     assert!(matches!(actions(&mut m)[..], [Action::Claim { .. }]));
+    // So is an owner that shut down: it gave no answer.
+    m.handle_claimed(t(12), flight, Role::Follower).unwrap();
+    let shut_down = Outcome::Failed(Failure::Shutdown);
+    m.handle_remote_end(t(12), flight, shut_down).unwrap();
+    assert!(matches!(actions(&mut m)[..], [Action::Claim { .. }]));
     m.handle_claimed(t(13), flight, Role::Follower).unwrap();
     m.handle_chunk(t(14), flight, chunk("a")).unwrap();
     m.handle_owner_lost(t(15), flight).unwrap();
@@ -276,7 +281,13 @@ fn rule28_an_owner_lost_before_any_chunk_is_reclaimed_after_it_is_a_failure() {
             Item::End(Outcome::Failed(Failure::OwnerLost))
         ]
     );
-    assert_eq!(m.stats().totals.claims, 3);
+    assert_eq!(m.stats().totals.claims, 4);
+    // A remote failure is an answer: it ends the members.
+    let (mut m, r, flight) = claiming();
+    m.handle_claimed(t(2), flight, Role::Follower).unwrap();
+    let failed = Outcome::Failed(Failure::Upstream("boom".into()));
+    m.handle_remote_end(t(3), flight, failed.clone()).unwrap();
+    assert_eq!(read_all(&mut m, r), [Item::End(failed)]);
 }
 
 #[test]

@@ -76,6 +76,9 @@ fn machines_differing_in_any_one_field_are_unequal_and_hash_apart() {
             m.actions.pop_back();
         }),
         ("totals", |m| m.totals.submitted += 1),
+        ("remote", |m| {
+            m.remote.claim(crate::FlightId::from_raw(99));
+        }),
         ("shutting_down", |m| m.shutting_down = true),
     ];
     for (field, change) in variants {

@@ -58,7 +58,7 @@ impl Machine {
     /// instead ([rule 22](crate::contract#rule-22)).
     ///
     /// # Errors
-    /// [`StaleFlight`] if the flight is not streaming; the chunk is ignored
+    /// [`StaleFlight`] if the flight is not streaming (or following); the chunk is ignored
     /// ([rule 16](crate::contract#rule-16)).
     pub fn handle_chunk(
         &mut self,

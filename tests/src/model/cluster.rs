@@ -81,7 +81,7 @@ impl Model {
     }
 
     /// A follower's owner ended (contract rule 27): a result ends the members with it;
-    /// anything else is an owner lost.
+    /// anything else (cancelled, timed out, shut down) is an owner lost.
     ///
     /// # Errors
     /// [`StaleFlight`] unless the flight is following.
@@ -98,7 +98,11 @@ impl Model {
         if !self.in_phase(flight, |p| matches!(p, Phase2::Following { .. })) {
             return Err(StaleFlight);
         }
-        if !matches!(outcome, Outcome::Completed | Outcome::Failed(_)) {
+        let no_answer = matches!(
+            outcome,
+            Outcome::Cancelled | Outcome::TimedOut(_) | Outcome::Failed(Failure::Shutdown)
+        );
+        if no_answer {
             return self.handle_owner_lost(now, flight);
         }
         let now = self.advance(now);
