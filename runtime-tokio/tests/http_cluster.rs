@@ -39,6 +39,9 @@ const BINARY: &str = env!("CARGO_BIN_EXE_flightdeck");
 /// How long a cancel or status waits for another instance.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// The cancel test's attach timeout: a request nobody reads times out after it.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(1);
+
 fn settings(redis: &RedisServer, instance: &str) -> ClusterSettings {
     let mut settings = ClusterSettings::new(redis.url());
     settings.redis.instance = instance.to_owned();
@@ -242,7 +245,12 @@ async fn a_cancel_sent_to_b_ends_a_stream_read_on_c() {
         tokens: 400,
         token_delay: Duration::from_millis(10),
     };
-    let gateways = three(&redis, None, slow).await;
+    let mut gateways = Vec::new();
+    for instance in ["a", "b", "c"] {
+        let mut config = config(&redis, instance, slow.clone());
+        config.manager.attach_timeout = ATTACH_TIMEOUT;
+        gateways.push(TestGateway::connect(config, None).await);
+    }
     let (a, b, c) = (&gateways[0], &gateways[1], &gateways[2]);
     let client = reqwest::Client::new();
 
@@ -329,51 +337,68 @@ async fn a_cancel_sent_to_b_ends_a_stream_read_on_c() {
         "{chunks} chunks before the cancel"
     );
 
-    // A request of C's that completed (nobody attached): a cancel from B gets
-    // C's own `409 already_finished` with the outcome; status from A agrees.
-    let (status, placed) = json_of(
-        client
-            .post(c.url("/v1/requests"))
-            .json(&json!({"payload": {"prompt": "short", "tokens": 2, "delay_ms": 1}}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(status, 202, "{placed}");
-    let short = placed["id"].as_str().unwrap().to_owned();
-    let started = Instant::now();
-    loop {
-        let (status, body) = json_of(
+    // Requests of C's that nobody attaches to (their records stay, as no reader
+    // consumes them): a cancel from B is idempotent from A, status agrees; one
+    // left alone times out waiting for its client, and a cancel from B then gets
+    // C's own `409 already_finished` with that outcome.
+    let mut unattached = Vec::new();
+    for prompt in ["left alone", "cancelled twice"] {
+        let (status, placed) = json_of(
             client
-                .get(a.url(&format!("/v1/requests/{short}")))
+                .post(c.url("/v1/requests"))
+                .json(&json!({"payload": {"prompt": prompt}}))
                 .send()
                 .await
                 .unwrap(),
         )
         .await;
-        assert_eq!(status, 200, "{body}");
-        if body["finished"] == json!(true) {
-            assert_eq!(body["state"], "completed", "{body}");
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "{body} {:?}",
-            c.gateway.manager().stats()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(status, 202, "{placed}");
+        unattached.push(placed["id"].as_str().unwrap().to_owned());
+    }
+    let submitted = Instant::now();
+    let (alone, twice) = (&unattached[0], &unattached[1]);
+    for gateway in [b, a] {
+        let (status, body) = json_of(
+            client
+                .post(gateway.url(&format!("/v1/requests/{twice}/cancel")))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!((status, body), (200, json!({"status": "cancelled"})));
     }
     let (status, body) = json_of(
         client
-            .post(b.url(&format!("/v1/requests/{short}/cancel")))
+            .get(a.url(&format!("/v1/requests/{twice}")))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["state"].as_str()),
+        (200, Some("cancelled")),
+        "{body}"
+    );
+    tokio::time::sleep(
+        ATTACH_TIMEOUT.saturating_sub(submitted.elapsed()) + Duration::from_millis(200),
+    )
+    .await;
+    let (status, body) = json_of(
+        client
+            .post(b.url(&format!("/v1/requests/{alone}/cancel")))
             .send()
             .await
             .unwrap(),
     )
     .await;
     assert_eq!(status, 409, "{body}");
-    assert_eq!(body["outcome"], json!({"status": "completed"}), "{body}");
+    assert_eq!(
+        body["outcome"],
+        json!({"status": "timed_out", "phase": "attach"}),
+        "{body}"
+    );
     // C's own 404 for a number it never handed out, relayed by B.
     let (status, body) = json_of(
         client
