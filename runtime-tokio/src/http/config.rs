@@ -699,4 +699,119 @@ mod tests {
         let body = parse(&["--body-limit=0"]).unwrap_err();
         assert!(body.contains("--body-limit"), "{body}");
     }
+
+    #[cfg(not(feature = "cluster"))]
+    #[test]
+    fn cluster_flags_need_the_feature() {
+        let error = parse(&["--redis-url=redis://127.0.0.1:6379"]).unwrap_err();
+        assert!(
+            error.contains("--redis-url") && error.contains("feature `cluster`"),
+            "{error}"
+        );
+        let error = parse(&["--instance-id=a"]).unwrap_err();
+        assert!(error.contains("--instance-id"), "{error}");
+    }
+
+    #[cfg(feature = "cluster")]
+    #[test]
+    fn cluster_flags_build_the_cluster_settings() {
+        assert_eq!(parse(&[]).unwrap().cluster, None, "off without --redis-url");
+        let config = parse(&[
+            "--redis-url=redis://:secret@127.0.0.1:6379/2",
+            "--instance-id=gw-1",
+            "--cluster-fallback=single",
+            "--cluster-lease=1s",
+            "--cluster-log-retention=2s",
+            "--cluster-follow-poll=100ms",
+            "--cluster-timeout=700ms",
+            "--cluster-prefix=team:",
+            "--cache-ttl=1m",
+            "--cache-capacity=7",
+        ])
+        .unwrap();
+        let cluster = config.cluster.unwrap();
+        assert_eq!(cluster.fallback, ClusterFallback::Single);
+        assert_eq!(cluster.control_timeout, Duration::from_millis(700));
+        let redis = &cluster.redis;
+        assert_eq!(
+            (redis.instance.as_str(), redis.prefix.as_str()),
+            ("gw-1", "team:")
+        );
+        assert_eq!(
+            (
+                redis.lease,
+                redis.log_retention,
+                redis.follow_poll,
+                redis.response_timeout
+            ),
+            (
+                Duration::from_secs(1),
+                Duration::from_secs(2),
+                Duration::from_millis(100),
+                Duration::from_millis(700)
+            )
+        );
+        assert_eq!(
+            (redis.cache_ttl, redis.cache_capacity),
+            (Duration::from_secs(60), 7)
+        );
+        let shown = format!("{cluster:?}");
+        assert!(
+            !shown.contains("secret") && shown.contains("***"),
+            "{shown}"
+        );
+        let random = parse(&["--redis-url=redis://127.0.0.1"])
+            .unwrap()
+            .cluster
+            .unwrap();
+        assert!(is_valid_instance_id(&random.redis.instance), "{random:?}");
+        assert_eq!(
+            random.fallback,
+            ClusterFallback::Fail,
+            "fail is the default"
+        );
+    }
+
+    #[cfg(feature = "cluster")]
+    #[test]
+    fn bad_cluster_flags_are_clear_errors() {
+        for (args, flag) in [
+            (&["--redis-url=http://x"][..], "--redis-url"),
+            (
+                &["--redis-url=redis://x", "--instance-id=a.b"][..],
+                "--instance-id",
+            ),
+            (
+                &["--redis-url=redis://x", "--instance-id="][..],
+                "--instance-id",
+            ),
+            (&["--instance-id=a"][..], "--instance-id"),
+            (
+                &["--redis-url=redis://x", "--cluster-lease=0s"][..],
+                "--cluster-lease",
+            ),
+            (
+                &["--redis-url=redis://x", "--cluster-follow-poll=3s"][..],
+                "--cluster-follow-poll",
+            ),
+            (
+                &["--redis-url=redis://x", "--cluster-prefix="][..],
+                "--cluster-prefix",
+            ),
+        ] {
+            let error = parse(args).unwrap_err();
+            assert!(error.contains(flag), "{args:?}: {error}");
+        }
+        let long = "x".repeat(MAX_INSTANCE_ID_BYTES + 1);
+        assert!(!is_valid_instance_id(&long));
+        assert!(is_valid_instance_id(&long[1..]));
+        assert_eq!(
+            redact_url("redis://user:pw@host:1/0"),
+            "redis://user:***@host:1/0"
+        );
+        assert_eq!(
+            redact_url("redis+unix:///tmp/r.sock"),
+            "redis+unix:///tmp/r.sock"
+        );
+    }
 }
