@@ -307,6 +307,8 @@ async fn a_cancel_sent_to_b_ends_a_stream_read_on_c() {
     assert_eq!(body["instance"], "c", "{body}");
     assert_eq!(body["error"]["code"], "wrong_instance", "{body}");
 
+    let control_commands = || ["publish", "blpop", "rpush"].map(|command| redis.calls(command));
+    let before = control_commands();
     let sent = Instant::now();
     let (status, body) = json_of(
         client
@@ -317,6 +319,11 @@ async fn a_cancel_sent_to_b_ends_a_stream_read_on_c() {
     )
     .await;
     let took = sent.elapsed();
+    let after = control_commands();
+    let used: Vec<u64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+    // One PUBLISH and one BLPOP by B, one RPUSH (with its PEXPIRE, in one MULTI)
+    // by C. (PEXPIRE is not counted: the lease scripts call it too.)
+    assert_eq!(used, [1, 1, 1], "publish, blpop, rpush");
     assert_eq!(
         (status, body.clone()),
         (200, json!({"status": "cancelled"}))
@@ -414,7 +421,7 @@ async fn a_cancel_sent_to_b_ends_a_stream_read_on_c() {
         "{body}"
     );
     report(format_args!(
-        "cluster cancel: B -> C confirmed in {took:?}; C's reader got {chunks} chunks then `cancelled`"
+        "cluster cancel: B -> C confirmed in {took:?} (Redis: 1 PUBLISH + 1 BLPOP by B on a new connection, 1 MULTI RPUSH+PEXPIRE by C); C's reader got {chunks} chunks then `cancelled`"
     ));
     stop_and_check_redis(&redis, gateways).await;
 }
