@@ -51,6 +51,12 @@
 //!   manager's shutdown ends every open stream with a terminal item.
 //! - **Metrics.** Wrap a result stream in [`Gateway::observe`] to record time to
 //!   first chunk and stream duration for an API label.
+//! - **Cluster mode** (feature `cluster`). With `GatewayConfig::cluster` set,
+//!   [`Gateway::connect`] connects to Redis and builds the manager with the Redis
+//!   coordinator (coalescing and cache across instances, for both APIs), and starts
+//!   the control plane (`cluster` module: cancel and status by id from any
+//!   instance). [`Gateway::cluster_mode`] says whether it runs clustered, alone,
+//!   or alone after a fallback; use [`Gateway::public_id`] for the ids clients see.
 
 #[cfg(feature = "cluster")]
 pub mod cluster;
@@ -297,7 +303,7 @@ impl Gateway {
     }
 
     /// A gateway on the tokio runtime of the calling context; in cluster mode
-    /// (feature `cluster`, [`GatewayConfig::cluster`] set) it first connects to
+    /// (feature `cluster`, `GatewayConfig::cluster` set) it first connects to
     /// Redis and starts answering cancels and statuses from other instances.
     /// Redis unreachable: an error ([`ClusterFallback::Fail`]), or a gateway that
     /// runs alone and says so in [`Gateway::cluster_mode`]

@@ -13,7 +13,7 @@
 //! Every error body is `{"error": {"code": "...", "message": "..."}}`. An id is what
 //! `POST /v1/requests` returned; anything else is an unknown id (`404`).
 //!
-//! **Cluster mode** (feature `cluster`, [`super::cluster`]): ids are
+//! **Cluster mode** (feature `cluster`, module `http::cluster`): ids are
 //! `"<instance>.<number>"` strings. A cancel or status for another instance's
 //! request is sent to that instance over Redis and its own answer relayed as it is
 //! (so `200 {"status":"cancelled"}` means its core confirmed it); `503
