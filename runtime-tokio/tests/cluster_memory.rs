@@ -302,3 +302,40 @@ async fn a_follower_whose_members_leave_stops_following_and_the_owner_goes_on() 
     })
     .await;
 }
+
+/// An owner instance shut down gracefully releases `Failed(Shutdown)`; that is
+/// no answer for other instances: a follower that read ends `Failed(OwnerLost)`,
+/// one that read nothing claims again and completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_shut_down_gracefully_is_an_owner_lost_elsewhere() {
+    bounded(async {
+        let coordinator = Arc::new(MemoryCoordinator::new());
+        let calls = Arc::new(AtomicUsize::new(0));
+        let a = manager(&coordinator, &calls, Duration::from_millis(20));
+        let b = manager(&coordinator, &calls, Duration::from_millis(20));
+        let mut on_a = a.submit_and_stream("read", ()).expect("submit");
+        assert!(matches!(on_a.next_item().await, Some(Item::Chunk(_))));
+        let mut read = b.submit_and_stream("read", ()).expect("submit");
+        assert!(matches!(read.next_item().await, Some(Item::Chunk(_))));
+        let slow = manager(&coordinator, &calls, Duration::from_secs(20));
+        let _on_slow = slow.submit_and_stream("unread", ()).expect("submit");
+        while calls.load(Ordering::SeqCst) < 2 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let unread = b.submit_and_stream("unread", ()).expect("submit");
+        while b.stats().following < 2 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        a.shutdown().await;
+        slow.shutdown().await;
+        assert_eq!((a.tasks_running(), slow.tasks_running()), (0, 0));
+        let (_, outcome) = read_all(read).await;
+        assert_eq!(outcome, Outcome::Failed(Failure::OwnerLost));
+        let (chunks, outcome) = read_all(unread).await;
+        assert_eq!((chunks, outcome), (expected(), Outcome::Completed));
+        assert_eq!(calls.load(Ordering::SeqCst), 3, "B ran \"unread\" itself");
+        b.shutdown().await;
+        assert_eq!(b.tasks_running(), 0);
+    })
+    .await;
+}
