@@ -4,6 +4,13 @@
 //! `flightdeck --help` lists every flag (each also reads a `FLIGHTDECK_*`
 //! environment variable). `flightdeck --demo` runs a self-contained demo over real
 //! HTTP on a loopback port and exits.
+//!
+//! Exit codes: `0` after a graceful shutdown; `2` for a flag whose value cannot be
+//! used (nothing was started: fix the command line); `1` for a failure of the
+//! environment at start or while serving: the listen address is taken, or, in
+//! cluster mode with `--cluster-fallback fail`, Redis is unreachable (the message
+//! names its URL). A supervisor may restart on `1` (Redis may come back) and should
+//! not on `2`.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -52,7 +59,7 @@ fn main() -> ExitCode {
         if demo_mode {
             return demo::run(config).await;
         }
-        let gateway = Gateway::new(config).map_err(|e| e.to_string())?;
+        let gateway = Gateway::connect(config).await.map_err(|e| e.to_string())?;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|e| format!("cannot listen on {listen}: {e}"))?;

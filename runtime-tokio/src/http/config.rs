@@ -82,6 +82,127 @@ pub struct GatewayConfig {
     pub sse_keep_alive: Duration,
     /// Longest time to establish a connection to an upstream.
     pub upstream_connect_timeout: Duration,
+    /// Cluster mode (feature `cluster`): the Redis shared by several instances.
+    /// `None` (the default): this instance runs alone, exactly as without the
+    /// feature. A gateway with `Some` is built by
+    /// [`Gateway::connect`](super::Gateway::connect).
+    #[cfg(feature = "cluster")]
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// What an instance configured for cluster mode does when Redis is unreachable at
+/// start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, ValueEnum)]
+pub enum ClusterFallback {
+    /// Refuse to start, with an error naming the Redis URL (the binary exits 1).
+    #[default]
+    Fail,
+    /// Run alone (no cross-instance coalescing, cache, cancel or status) and say so
+    /// in `/healthz` and `/v1/stats`.
+    Single,
+}
+
+/// Cluster mode's settings (feature `cluster`).
+#[cfg(feature = "cluster")]
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterSettings {
+    /// The Redis every instance of the cluster shares (`redis://host:port/db` or
+    /// `redis+unix:///path`). It may hold a password: `Debug` and error messages
+    /// show it redacted.
+    pub redis_url: String,
+    /// What to do when Redis is unreachable at start.
+    pub fallback: ClusterFallback,
+    /// The Redis layer's settings: [`instance`](crate::cluster::ClusterConfig::instance)
+    /// is this instance's id (letters, digits, `-` and `_`; it is part of every
+    /// request id this instance hands out), and the prefix, lease, log retention,
+    /// follow poll and response timeout. Its `cache_ttl` and `cache_capacity` are
+    /// replaced by the manager's (one cache policy for the local and the shared cache).
+    pub redis: crate::cluster::ClusterConfig,
+    /// How long a cancel or status sent to another instance waits for its answer
+    /// before answering `504`.
+    pub control_timeout: Duration,
+}
+
+#[cfg(feature = "cluster")]
+impl ClusterSettings {
+    /// Settings for `redis_url` with every other value at its default (a random
+    /// instance id, `fallback` [`ClusterFallback::Fail`]).
+    #[must_use]
+    pub fn new(redis_url: impl Into<String>) -> Self {
+        ClusterSettings {
+            redis_url: redis_url.into(),
+            fallback: ClusterFallback::Fail,
+            redis: crate::cluster::ClusterConfig {
+                instance: random_instance_id(),
+                ..crate::cluster::ClusterConfig::default()
+            },
+            control_timeout: Duration::from_secs(2),
+        }
+    }
+
+    /// The Redis URL with its password (if any) replaced by `***`, for messages.
+    #[must_use]
+    pub fn redacted_url(&self) -> String {
+        redact_url(&self.redis_url)
+    }
+}
+
+#[cfg(feature = "cluster")]
+impl core::fmt::Debug for ClusterSettings {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ClusterSettings")
+            .field("redis_url", &self.redacted_url())
+            .field("fallback", &self.fallback)
+            .field("redis", &self.redis)
+            .field("control_timeout", &self.control_timeout)
+            .finish()
+    }
+}
+
+/// `url` with its password (if any) replaced by `***`.
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+pub(crate) fn redact_url(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            if parsed.set_password(Some("***")).is_ok() {
+                parsed.to_string()
+            } else {
+                "<redis url>".to_owned()
+            }
+        }
+        Ok(_) => url.to_owned(),
+        // Unparsable: it may still hold a secret; name it without its text.
+        Err(_) => "<unparsable redis url>".to_owned(),
+    }
+}
+
+/// Longest instance id, in bytes.
+pub const MAX_INSTANCE_ID_BYTES: usize = 64;
+
+/// Whether `id` can name an instance: 1 to [`MAX_INSTANCE_ID_BYTES`] ASCII letters,
+/// digits, `-` and `_` (so that a request id `<instance>.<number>` splits at its
+/// last dot, and a Redis key or channel holds it as it is).
+#[must_use]
+pub fn is_valid_instance_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_INSTANCE_ID_BYTES
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// A random instance id: `fd-` and 12 hex digits (from the standard library's
+/// randomly seeded hasher, the process id and the clock).
+#[must_use]
+pub fn random_instance_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    hasher.write_u128(now);
+    format!("fd-{:012x}", hasher.finish() & 0xffff_ffff_ffff)
 }
 
 impl Default for GatewayConfig {
@@ -96,6 +217,8 @@ impl Default for GatewayConfig {
             retry_after: Duration::from_secs(1),
             sse_keep_alive: Duration::from_secs(15),
             upstream_connect_timeout: Duration::from_secs(10),
+            #[cfg(feature = "cluster")]
+            cluster: None,
         }
     }
 }
@@ -245,6 +368,44 @@ pub struct Args {
     #[arg(long, env = "FLIGHTDECK_SIM_TOKEN_DELAY", value_parser = duration, default_value = "25ms")]
     pub sim_token_delay: Duration,
 
+    /// Cluster mode: the Redis shared by several instances (e.g.
+    /// `redis://127.0.0.1:6379`). Needs flightdeck built with the feature `cluster`.
+    #[arg(long, env = "FLIGHTDECK_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// Cluster mode: this instance's id (letters, digits, `-`, `_`; at most 64),
+    /// unique in the cluster; request ids carry it. Default: a random id.
+    #[arg(long, env = "FLIGHTDECK_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+
+    /// Cluster mode: when Redis is unreachable at start, `fail` (exit 1) or run
+    /// `single` (alone; `/healthz` says so).
+    #[arg(long, env = "FLIGHTDECK_CLUSTER_FALLBACK", value_enum, default_value_t = ClusterFallback::Fail)]
+    pub cluster_fallback: ClusterFallback,
+
+    /// Cluster mode: how long an owner's claim on a key lives without renewal.
+    #[arg(long, env = "FLIGHTDECK_CLUSTER_LEASE", value_parser = duration, default_value = "3s")]
+    pub cluster_lease: Duration,
+
+    /// Cluster mode: how long a finished flight's log stays readable in Redis.
+    #[arg(long, env = "FLIGHTDECK_CLUSTER_LOG_RETENTION", value_parser = duration, default_value = "5s")]
+    pub cluster_log_retention: Duration,
+
+    /// Cluster mode: how long a follower's blocking read waits before it checks
+    /// that the owner is alive (shorter than --cluster-timeout).
+    #[arg(long, env = "FLIGHTDECK_CLUSTER_FOLLOW_POLL", value_parser = duration, default_value = "1s")]
+    pub cluster_follow_poll: Duration,
+
+    /// Cluster mode: longest time of one Redis command, and of a cancel or status
+    /// sent to another instance (504 beyond).
+    #[arg(long, env = "FLIGHTDECK_CLUSTER_TIMEOUT", value_parser = duration, default_value = "2s")]
+    pub cluster_timeout: Duration,
+
+    /// Cluster mode: the prefix of every Redis key and channel (instances of one
+    /// cluster share it).
+    #[arg(long, env = "FLIGHTDECK_CLUSTER_PREFIX", default_value = "fd:")]
+    pub cluster_prefix: String,
+
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or
     /// `flightdeck_tokio=debug`. Default: `info`, or `warn` with --demo.
     #[arg(long, env = "FLIGHTDECK_LOG")]
@@ -311,6 +472,10 @@ impl Args {
                 reason: "must be greater than zero".to_owned(),
             });
         }
+        #[cfg(feature = "cluster")]
+        let cluster = self.cluster_settings(&manager)?;
+        #[cfg(not(feature = "cluster"))]
+        self.no_cluster_flags()?;
         let upstream =
             upstream_config(self.upstream_url, self.upstream_api_key, "upstream-api-key")?;
         let seeds_upstream = upstream_config(
@@ -334,7 +499,100 @@ impl Args {
             retry_after: self.retry_after,
             sse_keep_alive: self.sse_keep_alive,
             upstream_connect_timeout: self.upstream_connect_timeout,
+            #[cfg(feature = "cluster")]
+            cluster,
         })
+    }
+
+    /// Without the feature `cluster`: cluster flags are an error, never ignored (an
+    /// instance meant to share its work must not silently run alone).
+    #[cfg(not(feature = "cluster"))]
+    fn no_cluster_flags(&self) -> Result<(), ArgError> {
+        let given = [
+            ("redis-url", self.redis_url.is_some()),
+            ("instance-id", self.instance_id.is_some()),
+        ];
+        match given.iter().find(|(_, given)| *given) {
+            Some((flag, _)) => Err(ArgError {
+                flag: (*flag).to_owned(),
+                reason: "cluster mode needs flightdeck built with the feature `cluster`".to_owned(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The cluster settings these flags describe (`None` without `--redis-url`).
+    #[cfg(feature = "cluster")]
+    fn cluster_settings(&self, manager: &Config) -> Result<Option<ClusterSettings>, ArgError> {
+        let Some(redis_url) = self.redis_url.clone() else {
+            if self.instance_id.is_some() {
+                return Err(ArgError {
+                    flag: "instance-id".to_owned(),
+                    reason: "an instance id needs --redis-url (cluster mode)".to_owned(),
+                });
+            }
+            return Ok(None);
+        };
+        if let Err(e) = crate::cluster::redis::Client::open(redis_url.as_str()) {
+            return Err(ArgError {
+                flag: "redis-url".to_owned(),
+                reason: format!(
+                    "{} is not a usable Redis URL (e.g. redis://127.0.0.1:6379): {e}",
+                    redact_url(&redis_url)
+                ),
+            });
+        }
+        let instance = match &self.instance_id {
+            Some(id) if is_valid_instance_id(id) => id.clone(),
+            Some(_) => {
+                return Err(ArgError {
+                    flag: "instance-id".to_owned(),
+                    reason: format!(
+                        "use 1 to {MAX_INSTANCE_ID_BYTES} ASCII letters, digits, `-` and `_`"
+                    ),
+                })
+            }
+            None => random_instance_id(),
+        };
+        let durations = [
+            ("cluster-lease", self.cluster_lease),
+            ("cluster-log-retention", self.cluster_log_retention),
+            ("cluster-follow-poll", self.cluster_follow_poll),
+            ("cluster-timeout", self.cluster_timeout),
+        ];
+        if let Some((flag, _)) = durations.iter().find(|(_, d)| d.is_zero()) {
+            return Err(ArgError {
+                flag: (*flag).to_owned(),
+                reason: "must be greater than zero".to_owned(),
+            });
+        }
+        if self.cluster_follow_poll >= self.cluster_timeout {
+            return Err(ArgError {
+                flag: "cluster-follow-poll".to_owned(),
+                reason: "must be shorter than --cluster-timeout".to_owned(),
+            });
+        }
+        if self.cluster_prefix.is_empty() {
+            return Err(ArgError {
+                flag: "cluster-prefix".to_owned(),
+                reason: "must not be empty".to_owned(),
+            });
+        }
+        Ok(Some(ClusterSettings {
+            redis_url,
+            fallback: self.cluster_fallback,
+            redis: crate::cluster::ClusterConfig {
+                instance,
+                prefix: self.cluster_prefix.clone(),
+                lease: self.cluster_lease,
+                log_retention: self.cluster_log_retention,
+                cache_ttl: manager.cache_ttl,
+                cache_capacity: manager.cache_capacity,
+                follow_poll: self.cluster_follow_poll,
+                response_timeout: self.cluster_timeout,
+            },
+            control_timeout: self.cluster_timeout,
+        }))
     }
 }
 
@@ -440,5 +698,120 @@ mod tests {
         }
         let body = parse(&["--body-limit=0"]).unwrap_err();
         assert!(body.contains("--body-limit"), "{body}");
+    }
+
+    #[cfg(not(feature = "cluster"))]
+    #[test]
+    fn cluster_flags_need_the_feature() {
+        let error = parse(&["--redis-url=redis://127.0.0.1:6379"]).unwrap_err();
+        assert!(
+            error.contains("--redis-url") && error.contains("feature `cluster`"),
+            "{error}"
+        );
+        let error = parse(&["--instance-id=a"]).unwrap_err();
+        assert!(error.contains("--instance-id"), "{error}");
+    }
+
+    #[cfg(feature = "cluster")]
+    #[test]
+    fn cluster_flags_build_the_cluster_settings() {
+        assert_eq!(parse(&[]).unwrap().cluster, None, "off without --redis-url");
+        let config = parse(&[
+            "--redis-url=redis://:secret@127.0.0.1:6379/2",
+            "--instance-id=gw-1",
+            "--cluster-fallback=single",
+            "--cluster-lease=1s",
+            "--cluster-log-retention=2s",
+            "--cluster-follow-poll=100ms",
+            "--cluster-timeout=700ms",
+            "--cluster-prefix=team:",
+            "--cache-ttl=1m",
+            "--cache-capacity=7",
+        ])
+        .unwrap();
+        let cluster = config.cluster.unwrap();
+        assert_eq!(cluster.fallback, ClusterFallback::Single);
+        assert_eq!(cluster.control_timeout, Duration::from_millis(700));
+        let redis = &cluster.redis;
+        assert_eq!(
+            (redis.instance.as_str(), redis.prefix.as_str()),
+            ("gw-1", "team:")
+        );
+        assert_eq!(
+            (
+                redis.lease,
+                redis.log_retention,
+                redis.follow_poll,
+                redis.response_timeout
+            ),
+            (
+                Duration::from_secs(1),
+                Duration::from_secs(2),
+                Duration::from_millis(100),
+                Duration::from_millis(700)
+            )
+        );
+        assert_eq!(
+            (redis.cache_ttl, redis.cache_capacity),
+            (Duration::from_secs(60), 7)
+        );
+        let shown = format!("{cluster:?}");
+        assert!(
+            !shown.contains("secret") && shown.contains("***"),
+            "{shown}"
+        );
+        let random = parse(&["--redis-url=redis://127.0.0.1"])
+            .unwrap()
+            .cluster
+            .unwrap();
+        assert!(is_valid_instance_id(&random.redis.instance), "{random:?}");
+        assert_eq!(
+            random.fallback,
+            ClusterFallback::Fail,
+            "fail is the default"
+        );
+    }
+
+    #[cfg(feature = "cluster")]
+    #[test]
+    fn bad_cluster_flags_are_clear_errors() {
+        for (args, flag) in [
+            (&["--redis-url=http://x"][..], "--redis-url"),
+            (
+                &["--redis-url=redis://x", "--instance-id=a.b"][..],
+                "--instance-id",
+            ),
+            (
+                &["--redis-url=redis://x", "--instance-id="][..],
+                "--instance-id",
+            ),
+            (&["--instance-id=a"][..], "--instance-id"),
+            (
+                &["--redis-url=redis://x", "--cluster-lease=0s"][..],
+                "--cluster-lease",
+            ),
+            (
+                &["--redis-url=redis://x", "--cluster-follow-poll=3s"][..],
+                "--cluster-follow-poll",
+            ),
+            (
+                &["--redis-url=redis://x", "--cluster-prefix="][..],
+                "--cluster-prefix",
+            ),
+        ] {
+            let error = parse(args).unwrap_err();
+            assert!(error.contains(flag), "{args:?}: {error}");
+        }
+        let long = "x".repeat(MAX_INSTANCE_ID_BYTES + 1);
+        assert!(!is_valid_instance_id(&long));
+        assert!(is_valid_instance_id(&long[1..]));
+        assert_eq!(
+            redact_url("redis://user:pw@host:1/0"),
+            "redis://user:***@host:1/0"
+        );
+        assert_eq!(
+            redact_url("redis+unix:///tmp/r.sock"),
+            "redis+unix:///tmp/r.sock"
+        );
     }
 }

@@ -142,7 +142,7 @@ fn say(start: Instant, who: &str, what: &str) {
 /// (members of one flight reading different answers, more upstream streams than
 /// distinct questions).
 pub async fn run(config: GatewayConfig) -> Result<(), String> {
-    let gateway = Gateway::new(config).map_err(|e| e.to_string())?;
+    let gateway = Gateway::connect(config).await.map_err(|e| e.to_string())?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| format!("cannot bind a loopback port: {e}"))?;

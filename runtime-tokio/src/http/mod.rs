@@ -51,7 +51,15 @@
 //!   manager's shutdown ends every open stream with a terminal item.
 //! - **Metrics.** Wrap a result stream in [`Gateway::observe`] to record time to
 //!   first chunk and stream duration for an API label.
+//! - **Cluster mode** (feature `cluster`). With `GatewayConfig::cluster` set,
+//!   [`Gateway::connect`] connects to Redis and builds the manager with the Redis
+//!   coordinator (coalescing and cache across instances, for both APIs), and starts
+//!   the control plane (`cluster` module: cancel and status by id from any
+//!   instance). [`Gateway::cluster_mode`] says whether it runs clustered, alone,
+//!   or alone after a fallback; use [`Gateway::public_id`] for the ids clients see.
 
+#[cfg(feature = "cluster")]
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod metrics;
@@ -72,9 +80,11 @@ use futures_lite::Stream;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
-use crate::{Bytes, ConfigError, Key, Manager, Preparation, ResultStream};
+use crate::{Bytes, ConfigError, Key, Manager, Preparation, RequestId, ResultStream};
 
-pub use config::{CoalesceRule, GatewayConfig, OpenAiPolicy, UpstreamConfig};
+#[cfg(feature = "cluster")]
+pub use config::ClusterSettings;
+pub use config::{ClusterFallback, CoalesceRule, GatewayConfig, OpenAiPolicy, UpstreamConfig};
 pub use metrics::{GatewayMetrics, Observed};
 pub use simulated::SimulatedModel;
 
@@ -186,6 +196,59 @@ pub enum GatewayError {
     /// The HTTP client could not be built.
     #[error("cannot build the HTTP client: {0}")]
     Client(#[from] reqwest::Error),
+    /// Cluster mode is configured: [`Gateway::connect`] builds such a gateway
+    /// (it connects to Redis first); [`Gateway::new`] builds single instances only.
+    #[error("cluster mode is configured: build the gateway with Gateway::connect")]
+    NeedsConnect,
+    /// Cluster mode could not start: Redis unreachable or failing, or this
+    /// instance's id already in use (with [`ClusterFallback::Fail`]).
+    #[cfg(feature = "cluster")]
+    #[error("cluster mode cannot start with the Redis at {url}: {source} (--cluster-fallback single would run this instance alone)")]
+    Cluster {
+        /// The Redis URL, its password redacted.
+        url: String,
+        /// What failed.
+        #[source]
+        source: crate::cluster::ClusterError,
+    },
+}
+
+/// Whether and how this gateway shares its work with other instances.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClusterMode {
+    /// No cluster configured: this instance works alone, as a single gateway does.
+    Off,
+    /// Cluster mode on: coalescing, cache, cancel and status across instances.
+    Cluster {
+        /// This instance's id (request ids carry it).
+        instance: String,
+    },
+    /// Cluster mode was configured but Redis was unreachable at start and the
+    /// fallback is [`ClusterFallback::Single`]: this instance runs alone.
+    Single {
+        /// This instance's configured id.
+        instance: String,
+        /// Why it runs alone.
+        reason: String,
+    },
+}
+
+impl ClusterMode {
+    /// The JSON `/healthz` and `/v1/stats` add under `"cluster"`; `None` when off
+    /// (their answers are then exactly a single gateway's).
+    #[must_use]
+    pub fn to_json(&self) -> Option<serde_json::Value> {
+        match self {
+            ClusterMode::Off => None,
+            ClusterMode::Cluster { instance } => {
+                Some(serde_json::json!({"mode": "cluster", "instance": instance}))
+            }
+            ClusterMode::Single { instance, reason } => {
+                Some(serde_json::json!({"mode": "single", "instance": instance, "reason": reason}))
+            }
+        }
+    }
 }
 
 /// The gateway: one manager, one HTTP client, the configuration and the metrics.
@@ -200,6 +263,9 @@ struct Inner {
     context: UpstreamContext,
     metrics: GatewayMetrics,
     admitting: AtomicBool,
+    mode: ClusterMode,
+    #[cfg(feature = "cluster")]
+    control: Option<cluster::ControlPlane>,
 }
 
 impl core::fmt::Debug for Gateway {
@@ -212,72 +278,210 @@ impl core::fmt::Debug for Gateway {
 }
 
 impl Gateway {
-    /// A gateway on the tokio runtime of the calling context.
+    /// A single-instance gateway on the tokio runtime of the calling context.
     ///
     /// # Errors
-    /// An invalid manager configuration, or an HTTP client that cannot be built.
+    /// An invalid manager configuration, or an HTTP client that cannot be built;
+    /// [`GatewayError::NeedsConnect`] if the configuration asks for cluster mode
+    /// (use [`Gateway::connect`]).
     ///
     /// # Panics
     /// Outside a tokio runtime.
     pub fn new(config: GatewayConfig) -> Result<Self, GatewayError> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(config.upstream_connect_timeout)
-            .build()?;
-        let config = Arc::new(config);
-        let context = UpstreamContext {
-            client,
-            config: Arc::clone(&config),
+        #[cfg(feature = "cluster")]
+        if config.cluster.is_some() {
+            return Err(GatewayError::NeedsConnect);
+        }
+        let parts = gateway_parts(config)?;
+        let manager = Manager::new(parts.config.manager.clone(), parts.preparer, parts.upstream)?;
+        Ok(Self::assemble(
+            manager,
+            parts.context,
+            parts.metrics,
+            ClusterMode::Off,
+        ))
+    }
+
+    /// A gateway on the tokio runtime of the calling context; in cluster mode
+    /// (feature `cluster`, `GatewayConfig::cluster` set) it first connects to
+    /// Redis and starts answering cancels and statuses from other instances.
+    /// Redis unreachable: an error ([`ClusterFallback::Fail`]), or a gateway that
+    /// runs alone and says so in [`Gateway::cluster_mode`]
+    /// ([`ClusterFallback::Single`]). Without cluster mode, as [`Gateway::new`].
+    ///
+    /// # Errors
+    /// As [`Gateway::new`]; `GatewayError::Cluster` when Redis cannot be used (with
+    /// the fallback `Fail`) or the instance id is already in use.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    pub async fn connect(config: GatewayConfig) -> Result<Self, GatewayError> {
+        #[cfg(feature = "cluster")]
+        if let Some(settings) = config.cluster.clone() {
+            return Self::connect_cluster(config, settings).await;
+        }
+        Self::new(config)
+    }
+
+    #[cfg(feature = "cluster")]
+    async fn connect_cluster(
+        mut config: GatewayConfig,
+        settings: ClusterSettings,
+    ) -> Result<Self, GatewayError> {
+        use crate::cluster::{Cluster, ClusterConfig, ClusterError};
+
+        let url = settings.redacted_url();
+        let instance = settings.redis.instance.clone();
+        if !config::is_valid_instance_id(&instance) {
+            return Err(GatewayError::Cluster {
+                url,
+                source: ClusterError::Config(format!(
+                    "instance id {instance:?}: use 1 to {} ASCII letters, digits, `-` and `_`",
+                    config::MAX_INSTANCE_ID_BYTES
+                )),
+            });
+        }
+        // One cache policy: the shared cache keeps what the local one would.
+        let redis_config = ClusterConfig {
+            cache_ttl: config.manager.cache_ttl,
+            cache_capacity: config.manager.cache_capacity,
+            ..settings.redis.clone()
         };
-        let metrics = GatewayMetrics::new();
-        let simulated_preparation = config.seeds_upstream.is_none();
-        let preparer = move |job: Job| async move {
-            if let (Job::Seeds(seeds), true) = (&job, simulated_preparation) {
-                // The simulated model's preparation (e.g. tokenising) takes what
-                // the payload asks for, if anything.
-                let delay = simulated::preparation_delay(&seeds.payload);
-                if !delay.is_zero() {
-                    tokio::time::sleep(delay).await;
-                }
+        config.cluster = Some(ClusterSettings {
+            redis: redis_config.clone(),
+            ..settings.clone()
+        });
+        let parts = gateway_parts(config)?;
+        let connected = match Cluster::connect(&settings.redis_url, redis_config).await {
+            Ok(cluster) => Ok(cluster),
+            Err(e @ ClusterError::Config(_)) => {
+                return Err(GatewayError::Cluster { url, source: e })
             }
-            Ok::<_, core::convert::Infallible>(match &job {
-                Job::Seeds(_) => Preparation::cacheable(job),
-                Job::Chat(chat) if chat.cacheable => Preparation::cacheable(job),
-                Job::Chat(_) => Preparation::uncacheable(job),
-            })
+            Err(e) => Err(e),
         };
-        let upstream_context = context.clone();
-        let upstream_metrics = metrics.clone();
-        let upstream = move |job: Job| {
-            let context = upstream_context.clone();
-            let metrics = upstream_metrics.clone();
-            async move {
-                let (kind, label) = match &job {
-                    Job::Seeds(seeds) => ("seeds", seeds.key_hash.clone()),
-                    Job::Chat(chat) => ("chat", chat.label.clone()),
-                };
-                let span = tracing::info_span!("flight", kind, key_hash = %label);
-                let opened = match job {
-                    Job::Seeds(seeds) => seeds::open_upstream(&context, seeds).await,
-                    Job::Chat(chat) => (chat.open)(context).await,
-                };
-                match opened {
-                    Ok(stream) => Ok(metrics.watch_upstream(kind, span, stream)),
-                    Err(e) => {
-                        span.in_scope(|| tracing::warn!(error = %e, "upstream did not open"));
-                        Err(e)
-                    }
-                }
+        let cluster = match (connected, settings.fallback) {
+            (Ok(cluster), _) => cluster,
+            (Err(source), ClusterFallback::Fail) => {
+                return Err(GatewayError::Cluster { url, source })
+            }
+            (Err(e), ClusterFallback::Single) => {
+                let reason = format!("redis unreachable at start ({url}): {e}");
+                tracing::warn!(%instance, %reason, "cluster fallback: this instance runs alone");
+                let manager =
+                    Manager::new(parts.config.manager.clone(), parts.preparer, parts.upstream)?;
+                let mode = ClusterMode::Single { instance, reason };
+                return Ok(Self::assemble(manager, parts.context, parts.metrics, mode));
             }
         };
-        let manager = Manager::new(config.manager.clone(), preparer, upstream)?;
-        Ok(Gateway {
+        let manager = clustered_manager(&parts.config, parts.preparer, parts.upstream, &cluster)?;
+        let handler = control_handler(manager.clone(), instance.clone());
+        let control = cluster::ControlPlane::start(
+            &settings.redis_url,
+            &instance,
+            &settings.redis.prefix,
+            settings.control_timeout,
+            handler,
+        )
+        .await;
+        let control = match control {
+            Ok(control) => control,
+            Err(e) => {
+                // No request was admitted yet: nothing to end, only tasks to stop.
+                manager.shutdown().await;
+                let source = match e {
+                    cluster::ControlError::Redis(source) => source,
+                    other => ClusterError::Protocol(other.to_string()),
+                };
+                return Err(GatewayError::Cluster { url, source });
+            }
+        };
+        tracing::info!(%instance, redis = %url, "cluster mode on");
+        let mut gateway = Self::assemble(
+            manager,
+            parts.context,
+            parts.metrics,
+            ClusterMode::Cluster { instance },
+        );
+        if let Some(inner) = Arc::get_mut(&mut gateway.inner) {
+            inner.control = Some(control);
+        }
+        Ok(gateway)
+    }
+
+    fn assemble(
+        manager: Manager<Job>,
+        context: UpstreamContext,
+        metrics: GatewayMetrics,
+        mode: ClusterMode,
+    ) -> Self {
+        Gateway {
             inner: Arc::new(Inner {
                 manager,
                 context,
                 metrics,
                 admitting: AtomicBool::new(true),
+                mode,
+                #[cfg(feature = "cluster")]
+                control: None,
             }),
-        })
+        }
+    }
+
+    /// Whether and how this gateway shares its work with other instances.
+    #[must_use]
+    pub fn cluster_mode(&self) -> &ClusterMode {
+        &self.inner.mode
+    }
+
+    /// This instance's id in cluster mode (`None` otherwise, also in the
+    /// single-instance fallback).
+    #[must_use]
+    pub fn instance_id(&self) -> Option<&str> {
+        match &self.inner.mode {
+            ClusterMode::Cluster { instance } => Some(instance),
+            _ => None,
+        }
+    }
+
+    /// The id a client sees for a request of this gateway: in cluster mode
+    /// `"<instance>.<number>"`, else the number.
+    #[must_use]
+    pub fn public_id(&self, id: RequestId) -> serde_json::Value {
+        match self.instance_id() {
+            Some(instance) => public_id_in(instance, id),
+            None => serde_json::Value::from(id.raw()),
+        }
+    }
+
+    /// [`Gateway::public_id`] as text (for paths and headers).
+    #[must_use]
+    pub fn public_id_text(&self, id: RequestId) -> String {
+        match self.public_id(id) {
+            serde_json::Value::String(text) => text,
+            other => other.to_string(),
+        }
+    }
+
+    /// The control plane (cluster mode only).
+    #[cfg(feature = "cluster")]
+    #[must_use]
+    pub fn control_plane(&self) -> Option<&cluster::ControlPlane> {
+        self.inner.control.as_ref()
+    }
+
+    /// Tasks still running: the manager's, plus the control plane's subscriber in
+    /// cluster mode. `0` after [`Gateway::shutdown`] returned.
+    #[must_use]
+    pub fn tasks_running(&self) -> u64 {
+        #[cfg(feature = "cluster")]
+        let control = self
+            .inner
+            .control
+            .as_ref()
+            .map_or(0, cluster::ControlPlane::tasks_running);
+        #[cfg(not(feature = "cluster"))]
+        let control = 0;
+        self.inner.manager.tasks_running() + control
     }
 
     /// The one manager behind every API of this gateway.
@@ -336,7 +540,131 @@ impl Gateway {
         self.inner.admitting.store(false, Ordering::SeqCst);
         tracing::info!("shutting down: admission stopped, ending open streams");
         self.inner.manager.shutdown().await;
+        #[cfg(feature = "cluster")]
+        if let Some(control) = &self.inner.control {
+            control.stop().await;
+        }
     }
+}
+
+fn public_id_in(instance: &str, id: RequestId) -> serde_json::Value {
+    #[cfg(feature = "cluster")]
+    let text = cluster::format_id(instance, id.raw());
+    #[cfg(not(feature = "cluster"))]
+    let text = format!("{instance}.{}", id.raw());
+    serde_json::Value::from(text)
+}
+
+/// The manager of a cluster instance: coalescing and cache across instances through
+/// the Redis coordinator.
+#[cfg(feature = "cluster")]
+fn clustered_manager<Pr, U>(
+    config: &GatewayConfig,
+    preparer: Pr,
+    upstream: U,
+    cluster: &crate::cluster::Cluster,
+) -> Result<Manager<Job>, GatewayError>
+where
+    Pr: crate::Preparer<Job>,
+    U: crate::Upstream<Pr::Output>,
+{
+    let coordinator = crate::cluster::RedisCoordinator::new(cluster.clone());
+    Ok(Manager::new_clustered(
+        config.manager.clone(),
+        preparer,
+        upstream,
+        Arc::new(coordinator),
+    )?)
+}
+
+/// What the control plane runs for a command about one of this instance's
+/// requests: the same answers as the local routes.
+#[cfg(feature = "cluster")]
+fn control_handler(manager: Manager<Job>, instance: String) -> cluster::ControlHandler {
+    Arc::new(move |op, id| {
+        let public = public_id_in(&instance, id);
+        let (status, body) = match op {
+            cluster::ControlOp::Cancel => seeds::cancel_answer(&manager, id),
+            cluster::ControlOp::Status => seeds::status_answer(&manager, id, &public),
+        };
+        cluster::ControlAnswer {
+            status: status.as_u16(),
+            body,
+        }
+    })
+}
+
+/// The gateway's preparer and upstream, built from its configuration.
+struct Parts<Pr, U> {
+    config: Arc<GatewayConfig>,
+    context: UpstreamContext,
+    metrics: GatewayMetrics,
+    preparer: Pr,
+    upstream: U,
+}
+
+/// Builds the HTTP client, the metrics, and the preparer and upstream that
+/// dispatch on [`Job`].
+fn gateway_parts(
+    config: GatewayConfig,
+) -> Result<Parts<impl crate::Preparer<Job, Output = Job>, impl crate::Upstream<Job>>, GatewayError>
+{
+    let client = reqwest::Client::builder()
+        .connect_timeout(config.upstream_connect_timeout)
+        .build()?;
+    let config = Arc::new(config);
+    let context = UpstreamContext {
+        client,
+        config: Arc::clone(&config),
+    };
+    let metrics = GatewayMetrics::new();
+    let simulated_preparation = config.seeds_upstream.is_none();
+    let preparer = move |job: Job| async move {
+        if let (Job::Seeds(seeds), true) = (&job, simulated_preparation) {
+            // The simulated model's preparation (e.g. tokenising) takes what
+            // the payload asks for, if anything.
+            let delay = simulated::preparation_delay(&seeds.payload);
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+        }
+        Ok::<_, core::convert::Infallible>(match &job {
+            Job::Seeds(_) => Preparation::cacheable(job),
+            Job::Chat(chat) if chat.cacheable => Preparation::cacheable(job),
+            Job::Chat(_) => Preparation::uncacheable(job),
+        })
+    };
+    let upstream_context = context.clone();
+    let upstream_metrics = metrics.clone();
+    let upstream = move |job: Job| {
+        let context = upstream_context.clone();
+        let metrics = upstream_metrics.clone();
+        async move {
+            let (kind, label) = match &job {
+                Job::Seeds(seeds) => ("seeds", seeds.key_hash.clone()),
+                Job::Chat(chat) => ("chat", chat.label.clone()),
+            };
+            let span = tracing::info_span!("flight", kind, key_hash = %label);
+            let opened = match job {
+                Job::Seeds(seeds) => seeds::open_upstream(&context, seeds).await,
+                Job::Chat(chat) => (chat.open)(context).await,
+            };
+            match opened {
+                Ok(stream) => Ok(metrics.watch_upstream(kind, span, stream)),
+                Err(e) => {
+                    span.in_scope(|| tracing::warn!(error = %e, "upstream did not open"));
+                    Err(e)
+                }
+            }
+        }
+    };
+    Ok(Parts {
+        config,
+        context,
+        metrics,
+        preparer,
+        upstream,
+    })
 }
 
 /// The gateway's routes: the seeds' API, the OpenAI proxy, `/healthz` and

@@ -10,8 +10,23 @@
 //! | `GET /healthz` | `200 {"status":"ok"}`; `503` while shutting down |
 //! | `GET /metrics` | `200` Prometheus text format |
 //!
-//! Every error body is `{"error": {"code": "...", "message": "..."}}`. An id is the
-//! number `POST /v1/requests` returned; anything else is an unknown id (`404`).
+//! Every error body is `{"error": {"code": "...", "message": "..."}}`. An id is what
+//! `POST /v1/requests` returned; anything else is an unknown id (`404`).
+//!
+//! **Cluster mode** (feature `cluster`, module `http::cluster`): ids are
+//! `"<instance>.<number>"` strings. A cancel or status for another instance's
+//! request is sent to that instance over Redis and its own answer relayed as it is
+//! (so `200 {"status":"cancelled"}` means its core confirmed it); `503
+//! instance_unreachable` when no instance of that id listens, `504
+//! instance_timeout` when it does not answer within the control timeout, `503
+//! cluster_unavailable` when Redis fails; each error body also names the
+//! `instance`. A **stream** is read on the instance that owns the request: another
+//! instance answers `421 wrong_instance` naming it. (A stream is one long
+//! connection whose closing cancels the request; relaying it through a second
+//! instance would double its hops and tie its life to two processes, while a load
+//! balancer can route `/v1/requests/<instance>.<n>/…` by the id's prefix.)
+//! `/healthz` and `/v1/stats` add `"cluster": {"mode": "cluster"|"single",
+//! "instance": ..., "reason": ...}` when cluster mode is configured.
 //! Closing a stream's connection detaches: the request is cancelled, and when it
 //! was its flight's last member the upstream is aborted at once.
 
@@ -58,9 +73,75 @@ fn unknown_id() -> Response {
     error(StatusCode::NOT_FOUND, "not_found", "no such request")
 }
 
-/// The id in a path: the number `POST /v1/requests` returned.
-fn parse_id(text: &str) -> Option<RequestId> {
-    text.parse::<u64>().ok().map(RequestId::from_raw)
+/// Which instance a request id in a path belongs to.
+enum Target {
+    /// One of this gateway's requests.
+    Local(RequestId),
+    /// A request of another instance of the cluster.
+    #[cfg(feature = "cluster")]
+    Remote { instance: String, number: u64 },
+}
+
+/// The id in a path: what `POST /v1/requests` returned (in cluster mode
+/// `"<instance>.<number>"`, else the number). `None`: not an id.
+fn target(gateway: &Gateway, text: &str) -> Option<Target> {
+    #[cfg(feature = "cluster")]
+    if let Some(me) = gateway.instance_id() {
+        return match super::cluster::parse_id(me, text)? {
+            super::cluster::RoutedId::Local(id) => Some(Target::Local(id)),
+            super::cluster::RoutedId::Remote { instance, number } => {
+                Some(Target::Remote { instance, number })
+            }
+        };
+    }
+    #[cfg(not(feature = "cluster"))]
+    let _ = gateway;
+    text.parse::<u64>()
+        .ok()
+        .map(|n| Target::Local(RequestId::from_raw(n)))
+}
+
+/// A cancel or status for a request of another instance: sent to it over the
+/// control plane; its own answer is relayed as it is.
+#[cfg(feature = "cluster")]
+async fn remote(
+    gateway: &Gateway,
+    instance: &str,
+    op: super::cluster::ControlOp,
+    number: u64,
+) -> Response {
+    use super::cluster::ControlError;
+    let Some(control) = gateway.control_plane() else {
+        return unknown_id();
+    };
+    match control.call(instance, op, number).await {
+        Ok(answer) => {
+            tracing::info!(
+                instance,
+                id = number,
+                ?op,
+                status = answer.status,
+                "answered by its instance"
+            );
+            let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
+            (status, Json(answer.body)).into_response()
+        }
+        Err(e) => {
+            let (status, code) = match &e {
+                ControlError::Unreachable { .. } => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "instance_unreachable")
+                }
+                ControlError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "instance_timeout"),
+                ControlError::Redis(_) => (StatusCode::SERVICE_UNAVAILABLE, "cluster_unavailable"),
+            };
+            tracing::warn!(instance, id = number, ?op, error = %e, "no answer from the request's instance");
+            let body = json!({
+                "error": {"code": code, "message": e.to_string()},
+                "instance": instance,
+            });
+            (status, Json(body)).into_response()
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -138,8 +219,8 @@ async fn submit(State(gateway): State<Gateway>, body: Result<Bytes, BytesRejecti
     match gateway.manager().submit(key, job) {
         Ok(placement) => {
             let (route, flight) = route_name(placement.route);
-            let id = placement.id.raw();
-            span.record("id", id);
+            let id = gateway.public_id(placement.id);
+            span.record("id", tracing::field::display(&id));
             span.record("route", route);
             span.in_scope(|| tracing::info!(position = ?placement.queue_position, "submitted"));
             let body = json!({
@@ -149,7 +230,8 @@ async fn submit(State(gateway): State<Gateway>, body: Result<Bytes, BytesRejecti
                 "flight": flight,
             });
             let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
-            if let Ok(location) = HeaderValue::from_str(&format!("/v1/requests/{id}/stream")) {
+            let path_id = gateway.public_id_text(placement.id);
+            if let Ok(location) = HeaderValue::from_str(&format!("/v1/requests/{path_id}/stream")) {
                 response.headers_mut().insert(header::LOCATION, location);
             }
             response
@@ -182,8 +264,24 @@ fn seconds_u64(seconds: f64) -> u64 {
 }
 
 async fn stream(State(gateway): State<Gateway>, Path(id): Path<String>) -> Response {
-    let Some(id) = parse_id(&id) else {
-        return unknown_id();
+    let id = match target(&gateway, &id) {
+        None => return unknown_id(),
+        Some(Target::Local(id)) => id,
+        // A stream is read where its request lives: see the module docs.
+        #[cfg(feature = "cluster")]
+        Some(Target::Remote { instance, number }) => {
+            let body = json!({
+                "error": {
+                    "code": "wrong_instance",
+                    "message": format!(
+                        "request {} belongs to instance `{instance}`: read its stream there",
+                        super::cluster::format_id(&instance, number)
+                    ),
+                },
+                "instance": instance,
+            });
+            return (StatusCode::MISDIRECTED_REQUEST, Json(body)).into_response();
+        }
     };
     let started = Instant::now();
     match gateway.manager().stream(id) {
@@ -203,25 +301,50 @@ async fn stream(State(gateway): State<Gateway>, Path(id): Path<String>) -> Respo
 }
 
 async fn cancel(State(gateway): State<Gateway>, Path(id): Path<String>) -> Response {
-    let Some(id) = parse_id(&id) else {
-        return unknown_id();
+    let id = match target(&gateway, &id) {
+        None => return unknown_id(),
+        Some(Target::Local(id)) => id,
+        #[cfg(feature = "cluster")]
+        Some(Target::Remote { instance, number }) => {
+            return remote(
+                &gateway,
+                &instance,
+                super::cluster::ControlOp::Cancel,
+                number,
+            )
+            .await
+        }
     };
-    match gateway.manager().cancel(id) {
+    let (status, body) = cancel_answer(gateway.manager(), id);
+    (status, Json(body)).into_response()
+}
+
+/// The answer to a cancel of this gateway's request `id` (also what the control
+/// plane sends back for a cancel from another instance). `200` only once the core
+/// confirmed the cancellation.
+pub(crate) fn cancel_answer(
+    manager: &crate::Manager<super::Job>,
+    id: RequestId,
+) -> (StatusCode, serde_json::Value) {
+    match manager.cancel(id) {
         Ok(()) => {
             tracing::info!(id = id.raw(), "cancelled");
-            Json(json!({"status": "cancelled"})).into_response()
+            (StatusCode::OK, json!({"status": "cancelled"}))
         }
-        Err(RequestError::AlreadyFinished(outcome)) => {
-            let body = json!({
+        Err(RequestError::AlreadyFinished(outcome)) => (
+            StatusCode::CONFLICT,
+            json!({
                 "error": {
                     "code": "already_finished",
                     "message": format!("the request already ended: {outcome}"),
                 },
                 "outcome": outcome_json(&outcome),
-            });
-            (StatusCode::CONFLICT, Json(body)).into_response()
-        }
-        Err(_) => unknown_id(),
+            }),
+        ),
+        Err(_) => (
+            StatusCode::NOT_FOUND,
+            json!({"error": {"code": "not_found", "message": "no such request"}}),
+        ),
     }
 }
 
@@ -231,6 +354,8 @@ fn state_name(state: &RequestState) -> &'static str {
         RequestState::Preparing => "preparing",
         RequestState::WaitingForStream => "waiting_for_stream",
         RequestState::Streaming => "streaming",
+        RequestState::Claiming => "claiming",
+        RequestState::Following => "following",
         RequestState::Cancelled => "cancelled",
         RequestState::Done(outcome) => outcome_name(outcome),
         _ => "unknown",
@@ -238,38 +363,78 @@ fn state_name(state: &RequestState) -> &'static str {
 }
 
 async fn status(State(gateway): State<Gateway>, Path(id): Path<String>) -> Response {
-    let Some(id) = parse_id(&id) else {
-        return unknown_id();
+    let id = match target(&gateway, &id) {
+        None => return unknown_id(),
+        Some(Target::Local(id)) => id,
+        #[cfg(feature = "cluster")]
+        Some(Target::Remote { instance, number }) => {
+            return remote(
+                &gateway,
+                &instance,
+                super::cluster::ControlOp::Status,
+                number,
+            )
+            .await
+        }
     };
-    let Some(status) = gateway.manager().status(id) else {
-        return unknown_id();
+    let (status, body) = status_answer(gateway.manager(), id, &gateway.public_id(id));
+    (status, Json(body)).into_response()
+}
+
+/// The answer to a status of this gateway's request `id`, shown to clients as
+/// `public` (also what the control plane sends back to another instance).
+pub(crate) fn status_answer(
+    manager: &crate::Manager<super::Job>,
+    id: RequestId,
+    public: &serde_json::Value,
+) -> (StatusCode, serde_json::Value) {
+    let Some(status) = manager.status(id) else {
+        return (
+            StatusCode::NOT_FOUND,
+            json!({"error": {"code": "not_found", "message": "no such request"}}),
+        );
     };
-    Json(json!({
-        "id": id.raw(),
-        "state": state_name(&status.state),
-        "queue_position": status.queue_position,
-        "flight": status.flight.map(crate::FlightId::raw),
-        "attached": status.attached,
-        "finished": status.is_finished(),
-        "outcome": status.outcome().as_ref().map(outcome_json),
-    }))
-    .into_response()
+    (
+        StatusCode::OK,
+        json!({
+            "id": public,
+            "state": state_name(&status.state),
+            "queue_position": status.queue_position,
+            "flight": status.flight.map(crate::FlightId::raw),
+            "attached": status.attached,
+            "finished": status.is_finished(),
+            "outcome": status.outcome().as_ref().map(outcome_json),
+        }),
+    )
 }
 
 async fn stats(State(gateway): State<Gateway>) -> Response {
-    Json(gateway.manager().stats()).into_response()
+    let stats = gateway.manager().stats();
+    match gateway.cluster_mode().to_json() {
+        None => Json(stats).into_response(),
+        Some(cluster) => {
+            let mut value = serde_json::to_value(stats).unwrap_or_default();
+            if let Some(fields) = value.as_object_mut() {
+                fields.insert("cluster".to_owned(), cluster);
+            }
+            Json(value).into_response()
+        }
+    }
 }
 
 async fn healthz(State(gateway): State<Gateway>) -> Response {
-    if gateway.is_admitting() {
-        Json(json!({"status": "ok"})).into_response()
+    let (status, mut body) = if gateway.is_admitting() {
+        (StatusCode::OK, json!({"status": "ok"}))
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "shutting_down"})),
+            json!({"status": "shutting_down"}),
         )
-            .into_response()
+    };
+    if let Some(cluster) = gateway.cluster_mode().to_json() {
+        body["cluster"] = cluster;
     }
+    (status, Json(body)).into_response()
 }
 
 async fn metrics(State(gateway): State<Gateway>) -> Response {

@@ -53,6 +53,8 @@ fn failure_kind(failure: &Failure) -> &'static str {
         Failure::Panicked { .. } => "panicked",
         Failure::ResponseTooLarge { .. } => "response_too_large",
         Failure::Shutdown => "shutdown",
+        Failure::OwnerLost => "owner_lost",
+        Failure::Cluster(_) => "cluster",
         _ => "other",
     }
 }

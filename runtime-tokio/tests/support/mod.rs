@@ -324,12 +324,20 @@ pub(crate) struct TestGateway {
 
 impl TestGateway {
     /// A gateway with `config`, in front of `upstream` when given.
-    pub(crate) async fn start(mut config: GatewayConfig, upstream: Option<&str>) -> Self {
-        config.upstream = upstream.map(|url| UpstreamConfig {
-            base_url: url.parse().expect("upstream url"),
-            api_key: None,
-        });
-        let gateway = Gateway::new(config).expect("gateway");
+    pub(crate) async fn start(config: GatewayConfig, upstream: Option<&str>) -> Self {
+        let config = with_upstream(config, upstream);
+        Self::serve(Gateway::new(config).expect("gateway")).await
+    }
+
+    /// A gateway built by `Gateway::connect` (cluster mode when `config` asks for
+    /// it), in front of `upstream` when given.
+    pub(crate) async fn connect(config: GatewayConfig, upstream: Option<&str>) -> Self {
+        let config = with_upstream(config, upstream);
+        Self::serve(Gateway::connect(config).await.expect("gateway")).await
+    }
+
+    /// Serves `gateway` on 127.0.0.1:0.
+    pub(crate) async fn serve(gateway: Gateway) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind gateway");
@@ -363,6 +371,7 @@ impl TestGateway {
             let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
         }
         assert_eq!(self.gateway.manager().tasks_running(), 0, "no task left");
+        assert_eq!(self.gateway.tasks_running(), 0, "no gateway task left");
     }
 }
 
@@ -372,6 +381,14 @@ impl Drop for TestGateway {
             task.abort();
         }
     }
+}
+
+fn with_upstream(mut config: GatewayConfig, upstream: Option<&str>) -> GatewayConfig {
+    config.upstream = upstream.map(|url| UpstreamConfig {
+        base_url: url.parse().expect("upstream url"),
+        api_key: None,
+    });
+    config
 }
 
 /// A client body for a chat completion.

@@ -227,7 +227,7 @@ async fn chat(
         Some(first) => assembled(first, stream).await?,
     };
     let headers = response.headers_mut();
-    if let Ok(id) = HeaderValue::from_str(&placement.id.to_string()) {
+    if let Ok(id) = HeaderValue::from_str(&gateway.public_id_text(placement.id)) {
         headers.insert(REQUEST_ID_HEADER, id);
     }
     headers.insert(ROUTE_HEADER, HeaderValue::from_static(route));

@@ -106,6 +106,18 @@ impl ApiError {
                 Some("shutting_down"),
                 "the gateway is shutting down",
             ),
+            Outcome::Failed(Failure::Cluster(reason)) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                Some("cluster_unavailable"),
+                format!("cluster mode failed: {reason}"),
+            ),
+            Outcome::Failed(Failure::OwnerLost) => Self::new(
+                StatusCode::BAD_GATEWAY,
+                "server_error",
+                Some("owner_lost"),
+                "the gateway instance running this answer's upstream call went away",
+            ),
             Outcome::Failed(other) => Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "server_error",
