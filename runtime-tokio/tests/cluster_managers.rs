@@ -9,58 +9,18 @@
 
 mod redis_server;
 
-use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_lite::StreamExt as _;
-use redis_server::RedisServer;
+use redis_server::{assert_only_cache_keys, bounded, cluster_config, connect, RedisServer};
 
-use flightdeck_tokio::cluster::{Cluster, ClusterConfig, RedisCoordinator};
+use flightdeck_tokio::cluster::{Cluster, RedisCoordinator};
 use flightdeck_tokio::driver::Runtime as _;
 use flightdeck_tokio::{
     Bytes, Config, Failure, Item, Manager, Outcome, Preparation, ResultStream, TokioRuntime,
 };
-
-/// Fails the test if `test` takes more than 30 s (a hang is a failure).
-async fn bounded<T>(test: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(30), test)
-        .await
-        .expect("test took more than 30 s")
-}
-
-/// Short lease, retention and poll, so faults show up quickly.
-fn cluster_config(instance: &str, prefix: &str) -> ClusterConfig {
-    ClusterConfig {
-        instance: instance.to_owned(),
-        prefix: prefix.to_owned(),
-        lease: Duration::from_millis(400),
-        log_retention: Duration::from_millis(200),
-        cache_ttl: Duration::from_secs(60),
-        cache_capacity: 16,
-        follow_poll: Duration::from_millis(100),
-        response_timeout: Duration::from_secs(2),
-    }
-}
-
-async fn connect(server: &RedisServer, instance: &str, prefix: &str) -> Cluster {
-    Cluster::connect(&server.url(), cluster_config(instance, prefix))
-        .await
-        .expect("connect")
-}
-
-/// After the lease and retention of everything finished have passed, only
-/// cache entries and the cache index remain under `prefix`.
-async fn assert_only_cache_keys(server: &RedisServer, prefix: &str) {
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let left: Vec<String> = server
-        .keys(prefix)
-        .into_iter()
-        .filter(|k| !k.ends_with(":cache") && *k != format!("{prefix}cache"))
-        .collect();
-    assert!(left.is_empty(), "keys left behind: {left:?}");
-}
 
 fn expected(chunks: usize) -> Vec<Bytes> {
     (0..chunks)

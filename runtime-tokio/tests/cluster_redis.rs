@@ -8,56 +8,15 @@
 
 mod redis_server;
 
-use std::future::Future;
 use std::time::{Duration, Instant};
 
-use redis_server::RedisServer;
+use redis_server::{assert_only_cache_keys, bounded, cluster_config, connect, RedisServer};
 
 use flightdeck_tokio::cluster::redis;
 use flightdeck_tokio::cluster::{
     CachedResult, Claim, Cluster, ClusterConfig, ClusterError, LogEntry, LogPosition,
 };
 use flightdeck_tokio::Bytes;
-
-/// Fails the test if `test` takes more than 30 s (a hang is a failure, not a stall).
-async fn bounded<T>(test: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(30), test)
-        .await
-        .expect("test took more than 30 s")
-}
-
-/// Test settings: short lease, retention and poll, so faults show up quickly.
-fn config(instance: &str, prefix: &str) -> ClusterConfig {
-    ClusterConfig {
-        instance: instance.to_owned(),
-        prefix: prefix.to_owned(),
-        lease: Duration::from_millis(400),
-        log_retention: Duration::from_millis(200),
-        cache_ttl: Duration::from_secs(60),
-        cache_capacity: 16,
-        follow_poll: Duration::from_millis(100),
-        response_timeout: Duration::from_secs(2),
-    }
-}
-
-async fn connect(server: &RedisServer, instance: &str, prefix: &str) -> Cluster {
-    Cluster::connect(&server.url(), config(instance, prefix))
-        .await
-        .expect("connect")
-}
-
-/// After the retention (and lease) of everything finished has passed, only cache
-/// entries and the cache index remain under `prefix`.
-async fn assert_only_cache_keys(server: &RedisServer, prefix: &str) {
-    // The longest expiry of a non-cache key: the generation counter, lease + retention.
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let left: Vec<String> = server
-        .keys(prefix)
-        .into_iter()
-        .filter(|k| !k.ends_with(":cache") && *k != format!("{prefix}cache"))
-        .collect();
-    assert!(left.is_empty(), "keys left behind: {left:?}");
-}
 
 fn chunks(words: &[&str]) -> Vec<Bytes> {
     words.iter().map(|w| Bytes::from(w.to_string())).collect()
@@ -305,7 +264,7 @@ async fn cache_keeps_its_ttl_and_capacity_and_never_stores_uncacheable() {
         let cfg = ClusterConfig {
             cache_ttl: Duration::from_millis(800),
             cache_capacity: 3,
-            ..config("a", "cache:")
+            ..cluster_config("a", "cache:")
         };
         let a = Cluster::connect(&server.url(), cfg.clone())
             .await
@@ -516,7 +475,7 @@ async fn redis_restarted_mid_follow_is_a_clear_error_not_a_hang() {
 async fn redis_unreachable_at_start_is_a_clear_error() {
     let dir = tempfile::tempdir().expect("dir");
     let url = format!("redis+unix://{}", dir.path().join("nobody.sock").display());
-    let result = bounded(Cluster::connect(&url, config("a", "x:"))).await;
+    let result = bounded(Cluster::connect(&url, cluster_config("a", "x:"))).await;
     let Err(error) = result else {
         panic!("connected to nothing")
     };

@@ -1,5 +1,6 @@
 //! A `redis-server` of a test's own (the Debian package; `.ci/run` installs it when
-//! missing): shared by every test binary that needs Redis (`mod redis_server;`).
+//! missing), and the helpers every Redis test shares: shared by every test
+//! binary that needs Redis (`mod redis_server;`).
 
 #![allow(dead_code)] // each test binary uses a part of it
 
@@ -7,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use flightdeck_tokio::cluster::redis;
+use flightdeck_tokio::cluster::{redis, Cluster, ClusterConfig};
 
 /// A `redis-server` of the test's own, on a Unix socket in a temporary directory,
 /// with persistence off. Killed on drop; [`restart`](Self::restart) kills it and
@@ -138,4 +139,45 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Fails the test if `test` takes more than 30 s (a hang is a failure, not a stall).
+pub(crate) async fn bounded<T>(test: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(30), test)
+        .await
+        .expect("test took more than 30 s")
+}
+
+/// Test settings: short lease, retention and poll, so faults show up quickly.
+pub(crate) fn cluster_config(instance: &str, prefix: &str) -> ClusterConfig {
+    ClusterConfig {
+        instance: instance.to_owned(),
+        prefix: prefix.to_owned(),
+        lease: Duration::from_millis(400),
+        log_retention: Duration::from_millis(200),
+        cache_ttl: Duration::from_secs(60),
+        cache_capacity: 16,
+        follow_poll: Duration::from_millis(100),
+        response_timeout: Duration::from_secs(2),
+    }
+}
+
+/// A cluster handle for `instance` on `server`, with [`cluster_config`].
+pub(crate) async fn connect(server: &RedisServer, instance: &str, prefix: &str) -> Cluster {
+    Cluster::connect(&server.url(), cluster_config(instance, prefix))
+        .await
+        .expect("connect")
+}
+
+/// After the retention (and lease) of everything finished has passed, only cache
+/// entries and the cache index remain under `prefix`.
+pub(crate) async fn assert_only_cache_keys(server: &RedisServer, prefix: &str) {
+    // The longest expiry of a non-cache key: the generation counter, lease + retention.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let left: Vec<String> = server
+        .keys(prefix)
+        .into_iter()
+        .filter(|k| !k.ends_with(":cache") && *k != format!("{prefix}cache"))
+        .collect();
+    assert!(left.is_empty(), "keys left behind: {left:?}");
 }
