@@ -101,6 +101,39 @@ fn target(gateway: &Gateway, text: &str) -> Option<Target> {
         .map(|n| Target::Local(RequestId::from_raw(n)))
 }
 
+/// What a request addressed to another instance is forwarded as.
+#[derive(Clone, Copy)]
+enum Forward {
+    Cancel,
+    Status,
+}
+
+/// This gateway's request named by `text`; otherwise the answer to send: `404`
+/// for an id no instance has, or (cluster mode) the owning instance's own answer
+/// to the cancel or status, forwarded through the control plane.
+#[cfg_attr(
+    not(feature = "cluster"),
+    allow(clippy::unused_async, unused_variables)
+)]
+async fn local_or_forward(
+    gateway: &Gateway,
+    text: &str,
+    op: Forward,
+) -> Result<RequestId, Response> {
+    match target(gateway, text) {
+        None => Err(unknown_id()),
+        Some(Target::Local(id)) => Ok(id),
+        #[cfg(feature = "cluster")]
+        Some(Target::Remote { instance, number }) => {
+            let op = match op {
+                Forward::Cancel => super::cluster::ControlOp::Cancel,
+                Forward::Status => super::cluster::ControlOp::Status,
+            };
+            Err(remote(gateway, &instance, op, number).await)
+        }
+    }
+}
+
 /// A cancel or status for a request of another instance: sent to it over the
 /// control plane; its own answer is relayed as it is.
 #[cfg(feature = "cluster")]
@@ -301,19 +334,9 @@ async fn stream(State(gateway): State<Gateway>, Path(id): Path<String>) -> Respo
 }
 
 async fn cancel(State(gateway): State<Gateway>, Path(id): Path<String>) -> Response {
-    let id = match target(&gateway, &id) {
-        None => return unknown_id(),
-        Some(Target::Local(id)) => id,
-        #[cfg(feature = "cluster")]
-        Some(Target::Remote { instance, number }) => {
-            return remote(
-                &gateway,
-                &instance,
-                super::cluster::ControlOp::Cancel,
-                number,
-            )
-            .await
-        }
+    let id = match local_or_forward(&gateway, &id, Forward::Cancel).await {
+        Ok(id) => id,
+        Err(answer) => return answer,
     };
     let (status, body) = cancel_answer(gateway.manager(), id);
     (status, Json(body)).into_response()
@@ -363,19 +386,9 @@ fn state_name(state: &RequestState) -> &'static str {
 }
 
 async fn status(State(gateway): State<Gateway>, Path(id): Path<String>) -> Response {
-    let id = match target(&gateway, &id) {
-        None => return unknown_id(),
-        Some(Target::Local(id)) => id,
-        #[cfg(feature = "cluster")]
-        Some(Target::Remote { instance, number }) => {
-            return remote(
-                &gateway,
-                &instance,
-                super::cluster::ControlOp::Status,
-                number,
-            )
-            .await
-        }
+    let id = match local_or_forward(&gateway, &id, Forward::Status).await {
+        Ok(id) => id,
+        Err(answer) => return answer,
     };
     let (status, body) = status_answer(gateway.manager(), id, &gateway.public_id(id));
     (status, Json(body)).into_response()
