@@ -1,29 +1,36 @@
 //! Carrying out the machine's actions: the one function that turns each
 //! [`Action`] into work for the runtime (spawn a preparation, an upstream, a
-//! claim; stop a task; queue an owner's write; wake a reader; drop a flight's
-//! data), in the machine's order and under the lock, deciding nothing. What
+//! claim; stop a task; queue an owner's write; read for a woken result
+//! stream; drop a flight's data), in the machine's order and under the lock, deciding nothing. What
 //! must not happen under the lock (notifying tasks, dropping the user's values)
 //! is collected in [`After`] and done by `Shared::with` once the lock is
 //! released. See the [module docs](super) for who may touch what.
 
 use std::any::Any;
 use std::sync::Arc;
+use std::task::Waker;
 
+use bytes::Bytes;
+
+use super::inbox::Inbox;
 use super::remote::PublishOp;
 use super::shared::{Shared, State};
 use super::signal::Signal;
-use super::Runtime;
-use crate::{Action, Failure, FlightId, Role, Time};
+use super::traced::TracedMachine;
+use super::{BoxFuture, Runtime};
+use crate::{Action, Failure, FlightId, Readiness, RequestId, Role, Time};
 
 /// What is done after the lock is released.
 #[derive(Default)]
 pub(super) struct After {
+    /// Tasks counted under the lock, to spawn.
+    pub(super) spawn: Vec<BoxFuture<()>>,
     /// Stop signals set under the lock, to notify.
     pub(super) stop: Vec<Arc<Signal>>,
     /// The user's values to drop (their `Drop` may be slow or take locks).
     pub(super) drop: Vec<Box<dyn Any + Send>>,
-    /// Reader signals set under the lock, to notify.
-    pub(super) wake: Vec<Arc<Signal>>,
+    /// Result streams with new deliveries in their inbox, to wake.
+    pub(super) wake: Vec<Waker>,
     /// The timer's target moved earlier.
     pub(super) timer: bool,
 }
@@ -31,14 +38,18 @@ pub(super) struct After {
 impl<P: Send + 'static, R: Runtime> Shared<P, R> {
     /// Carries out the machine's actions, in order, deciding nothing.
     pub(super) fn dispatch(&self, g: &mut State<P>, now: Time, after: &mut After) {
+        let mut lent = Lent::default();
         while let Some(action) = g.machine.poll_action() {
+            if !matches!(action, Action::Wake { .. }) {
+                lent.forget();
+            }
             match action {
                 Action::StartPreparation { flight, .. } => {
                     let data = g.flights.get_mut(&flight);
                     match data.and_then(|d| d.payload.take().map(|p| (d, p))) {
                         Some((data, payload)) => {
                             let work = (self.prepare)(payload);
-                            data.stop = Some(self.start_preparation(flight, work));
+                            data.stop = Some(self.start_preparation(flight, work, after));
                         }
                         None => {
                             // Unreachable: a new flight's payload is stored with it.
@@ -52,7 +63,7 @@ impl<P: Send + 'static, R: Runtime> Shared<P, R> {
                     match data.and_then(|d| d.opener.take().map(|o| (d, o))) {
                         Some((data, opener)) => {
                             // The preparation's task reported already: its signal goes.
-                            data.stop = Some(self.start_stream(flight, opener));
+                            data.stop = Some(self.start_stream(flight, opener, after));
                         }
                         None => {
                             // Unreachable: a prepared flight's opener is stored with it.
@@ -83,9 +94,13 @@ impl<P: Send + 'static, R: Runtime> Shared<P, R> {
                     }
                 }
                 Action::Wake { request } => {
-                    if let Some(signal) = g.readers.get(&request) {
-                        if signal.set() {
-                            after.wake.push(Arc::clone(signal));
+                    // The reader's read, done here under the lock where the
+                    // machine decided it (see `inbox.rs`).
+                    if let Some(inbox) = g.readers.get(&request) {
+                        let (waker, last) = read_for(&mut g.machine, request, inbox, &mut lent);
+                        after.wake.extend(waker);
+                        if last {
+                            g.readers.remove(&request);
                         }
                     }
                 }
@@ -94,7 +109,7 @@ impl<P: Send + 'static, R: Runtime> Shared<P, R> {
                     if let Some(stop) = g.flights.get_mut(&flight).and_then(|d| d.stop.take()) {
                         stop_task(stop, after);
                     }
-                    if !self.start_claim(flight, key) {
+                    if !self.start_claim(flight, key, after) {
                         let reason = "cluster mode without a coordinator \
                                       (use Manager::with_coordinator)"
                             .to_owned();
@@ -123,6 +138,64 @@ impl<P: Send + 'static, R: Runtime> Shared<P, R> {
             g.timer.target = next;
             after.timer = true;
         }
+    }
+}
+
+/// Reads for `request`'s result stream (under the lock) and delivers what the
+/// read gave to its inbox. Returns the stream's waker if it has news, and
+/// whether this was its last delivery.
+pub(super) fn read_for(
+    machine: &mut TracedMachine,
+    request: RequestId,
+    inbox: &Inbox,
+    lent: &mut Lent,
+) -> (Option<Waker>, bool) {
+    let (chunks, end, last) = match machine.read_borrowed(request) {
+        Ok(read) => {
+            let chunks = (!read.chunks.is_empty()).then(|| lent.share(read.chunks));
+            let end = read.end.cloned();
+            let last = end.is_some() || read.readiness == Readiness::Closed;
+            (chunks, end, last)
+        }
+        // The request is gone: the stream ends.
+        Err(_) => (None, None, true),
+    };
+    (inbox.deliver(chunks, end, last), last)
+}
+
+/// One shared copy of the chunks a run of readers read: readers woken by the
+/// same chunks are at the same place in the same log, so their reads lend the
+/// same slice, and the `Bytes` handles are copied out of the log once for all
+/// of them. Valid only while the logs do not change: the dispatch forgets it
+/// at every action that is not a `Wake`.
+#[derive(Default)]
+pub(super) struct Lent(Option<Copied>);
+
+/// A slice's identity (where it starts in its log, its length) and its copy.
+struct Copied {
+    slice: (usize, usize),
+    copy: Arc<[Bytes]>,
+}
+
+impl Lent {
+    fn share(&mut self, chunks: &[Bytes]) -> Arc<[Bytes]> {
+        // The slice's identity: where it starts in the log, and its length.
+        let id = (chunks.as_ptr() as usize, chunks.len());
+        match &self.0 {
+            Some(seen) if seen.slice == id => Arc::clone(&seen.copy),
+            _ => {
+                let copy: Arc<[Bytes]> = chunks.into();
+                self.0 = Some(Copied {
+                    slice: id,
+                    copy: Arc::clone(&copy),
+                });
+                copy
+            }
+        }
+    }
+
+    fn forget(&mut self) {
+        self.0 = None;
     }
 }
 

@@ -16,8 +16,9 @@
 //! - a panicking preparation or upstream is caught and reported as
 //!   [`Failure::Panicked`](crate::Failure::Panicked), so its slot is released and
 //!   nothing leaks ([rule 23](crate::contract#rule-23));
-//! - a [`ResultStream`] pulls its request's items from the machine and parks
-//!   until the machine emits a wake for it; dropping it detaches ([rule 15](crate::contract#rule-15));
+//! - a [`ResultStream`] hands out what the manager read for it: when the
+//!   machine wakes a reader, the dispatch reads for it at once, under the lock,
+//!   into the stream's inbox, and wakes its task; dropping it detaches ([rule 15](crate::contract#rule-15));
 //! - every spawned task is counted until its future is dropped
 //!   ([`Manager::tasks`]), and [`Manager::shutdown`] waits for all of them;
 //! - on request ([`Manager::record_to`]) it records every input it feeds the
@@ -35,28 +36,35 @@
 //!
 //! - **Who owns the machine.** The manager's `Shared` state holds the machine
 //!   and the per-flight data in one `std::sync::Mutex`. Every input (submit,
-//!   attach, cancel, detach, a preparation's result, a batch of chunks, an
-//!   upstream's end, a timeout, shutdown) goes through one function,
+//!   attach, read, cancel, detach, a preparation's result, a batch of chunks,
+//!   an upstream's end, a timeout, shutdown) goes through one function,
 //!   `Shared::with`, which takes the lock, stamps the time, applies the input,
-//!   drains the machine's actions, and releases the lock. A result stream's
-//!   read also takes the lock (it moves the reader's cursor and parks it, which
-//!   are the machine's decisions) but skips the clock and the dispatch. Nothing
-//!   under the lock awaits, allocates a task, or runs user code: the lock is
-//!   held for the machine's own O(1)-to-O(log n) work per input.
+//!   drains the machine's actions, and releases the lock. Nothing under the
+//!   lock awaits, spawns a task, or runs user code: the lock is held for the
+//!   machine's own O(1)-to-O(log n) work per input, plus the reads below.
 //! - **Who may touch the log.** Only the machine: the upstream task appends
-//!   through `handle_chunk`, a reader copies (clones `Bytes` handles) through
-//!   `read`, both under the lock. The driver keeps no copy of the log.
+//!   through `handle_chunks`, and readers read through `read_borrowed`, both
+//!   under the lock. A reader's read is done by the dispatch, where the
+//!   machine's `Wake` for it is carried out (and once at attach, for the
+//!   replay): the chunks the read lends are copied (`Bytes` handles, no data)
+//!   into one `Arc<[Bytes]>`, shared by every reader the same chunks woke,
+//!   and put in each stream's inbox. A result stream never takes the manager's
+//!   lock to read; its task takes only its inbox's lock, to swap out what was
+//!   delivered. The driver keeps no copy of the log beyond those deliveries.
 //! - **What happens outside the lock.** Everything that is not the machine's
-//!   state: polling the user's upstream and preparation, dropping the user's
-//!   payloads and prepared values, notifying the tasks the machine woke or
-//!   stopped, handing items from a stream's buffer to its client.
-//! - **How tasks learn what the machine decided.** Through a `Signal`
-//!   each: a flag set under the lock where the machine decided, and an
-//!   `event-listener` [`Event`](event_listener::Event) notified after the lock
-//!   is released. A result stream waits on its signal and takes the lock only
-//!   once the machine's `Wake` set it. A preparation or upstream task is raced
-//!   against its stop signal, so the machine's `Abort` drops the user's future
-//!   at the task's next poll without any task handle; the upstream also checks
+//!   state: spawning the tasks the machine asked for (counted under the lock,
+//!   started after it), polling the user's upstream and preparation, dropping
+//!   the user's payloads and prepared values, waking the streams that got a
+//!   delivery and notifying the tasks the machine stopped, handing items from
+//!   a stream's deliveries to its client.
+//! - **How tasks learn what the machine decided.** A result stream through its
+//!   inbox, which holds its `Waker`: the dispatch pushes a delivery and takes
+//!   the waker under the lock, and wakes it after. A preparation or upstream
+//!   task through a `Signal`: a flag set under the lock where the machine
+//!   decided (its `Abort`) and an `event-listener`
+//!   [`Event`](event_listener::Event) notified after the lock is released; the
+//!   task is raced against it, so the machine's `Abort` drops the user's future
+//!   at the task's next poll without any task handle. The upstream also checks
 //!   the flag before every pull, and ends a batch of ready chunks before it
 //!   would cross `max_response_bytes`, so it never pulls more than one chunk the
 //!   core refuses. The timer and [`Manager::shutdown`] wait on events too.
@@ -106,6 +114,7 @@
 
 mod cluster;
 mod dispatch;
+mod inbox;
 mod recorder;
 mod remote;
 mod shared;
@@ -125,8 +134,8 @@ pub use recorder::{
 pub use stream::ResultStream;
 pub use user::{BoxFuture, Preparation, Preparer, Upstream};
 
+use inbox::Inbox;
 use shared::Shared;
-use signal::Signal;
 
 use crate::{
     Config, ConfigError, InvariantViolation, Key, Machine, RequestError, RequestId, RequestStatus,
@@ -360,18 +369,18 @@ impl<P: Send + 'static, R: Runtime> Manager<P, R> {
         key: impl Into<Key>,
         payload: P,
     ) -> Result<ResultStream, SubmitError> {
-        let signal = Arc::new(Signal::default());
-        let (placement, attached) = self.submit_inner(key.into(), payload, Some(&signal))?;
+        let inbox = Arc::new(Inbox::new());
+        let (placement, attached) = self.submit_inner(key.into(), payload, Some(&inbox))?;
         debug_assert!(attached, "a request just submitted has no reader");
-        Ok(self.result_stream(placement.id, signal))
+        Ok(self.result_stream(placement.id, inbox))
     }
 
-    /// Submits; with `attach`, also attaches and registers the stream's signal.
+    /// Submits; with `attach`, also attaches and registers the stream's inbox.
     fn submit_inner(
         &self,
         key: Key,
         payload: P,
-        attach: Option<&Arc<Signal>>,
+        attach: Option<&Arc<Inbox>>,
     ) -> Result<(Placement, bool), SubmitError> {
         let (result, unused) = self
             .shared()
@@ -399,8 +408,8 @@ impl<P: Send + 'static, R: Runtime> Manager<P, R> {
                         queue_position,
                     };
                     let attached = match attach {
-                        Some(signal) if g.machine.attach(now, submission.request).is_ok() => {
-                            g.add_reader(submission.request, Arc::clone(signal));
+                        Some(inbox) if g.machine.attach(now, submission.request).is_ok() => {
+                            g.add_reader(submission.request, Arc::clone(inbox));
                             true
                         }
                         _ => false,
@@ -413,9 +422,9 @@ impl<P: Send + 'static, R: Runtime> Manager<P, R> {
         result
     }
 
-    fn result_stream(&self, id: RequestId, signal: Arc<Signal>) -> ResultStream {
+    fn result_stream(&self, id: RequestId, inbox: Arc<Inbox>) -> ResultStream {
         let source: Arc<dyn stream::Source> = Arc::clone(self.shared()) as _;
-        ResultStream::new(id, source, signal)
+        ResultStream::new(id, source, inbox)
     }
 
     /// Attaches to a request's result stream (at most one per request) and returns
@@ -426,13 +435,13 @@ impl<P: Send + 'static, R: Runtime> Manager<P, R> {
     /// # Errors
     /// [`RequestError::NotFound`] or [`RequestError::AlreadyAttached`].
     pub fn stream(&self, id: RequestId) -> Result<ResultStream, RequestError> {
-        let signal = Arc::new(Signal::default());
+        let inbox = Arc::new(Inbox::new());
         self.shared().with(|g, now| {
             g.machine.attach(now, id)?;
-            g.add_reader(id, Arc::clone(&signal));
+            g.add_reader(id, Arc::clone(&inbox));
             Ok::<_, RequestError>(())
         })?;
-        Ok(self.result_stream(id, signal))
+        Ok(self.result_stream(id, inbox))
     }
 
     /// Cancels a request (rules [9](crate::contract#rule-9)-[14](crate::contract#rule-14)). Idempotent. If it was its flight's last

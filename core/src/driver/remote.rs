@@ -21,6 +21,7 @@ use futures_lite::future::{poll_once, FutureExt as _};
 use futures_lite::StreamExt as _;
 
 use super::cluster::{Claim, Coordinator, Publisher, RemoteEvent, RemoteLog};
+use super::dispatch::After;
 use super::shared::Shared;
 use super::signal::Signal;
 use super::Runtime;
@@ -47,14 +48,16 @@ pub(super) type PublishQueue = async_channel::Sender<PublishOp>;
 const MAX_APPEND: usize = 1024;
 
 impl<P: Send + 'static, R: Runtime> Shared<P, R> {
-    /// Carries out `Action::Claim`: spawns the claim task. `false` if this
-    /// manager has no coordinator (cluster mode set without one).
-    pub(super) fn start_claim(&self, flight: FlightId, key: Key) -> bool {
+    /// Carries out `Action::Claim`: starts the claim task (spawned once the
+    /// lock is released). `false` if this manager has no coordinator (cluster
+    /// mode set without one).
+    pub(super) fn start_claim(&self, flight: FlightId, key: Key, after: &mut After) -> bool {
         let Some(coordinator) = self.coordinator.clone() else {
             return false;
         };
         let shared = self.arc();
-        self.spawn(async move { run_claim(shared, coordinator, flight, key).await });
+        let task = async move { run_claim(shared, coordinator, flight, key).await };
+        after.spawn.push(self.counted(task));
         true
     }
 }
@@ -118,7 +121,7 @@ async fn run_claim<P: Send + 'static, R: Runtime>(
             });
             if follower {
                 let task = run_follower(Arc::clone(&shared), flight, log, Arc::clone(&stop));
-                shared.spawn_stoppable(stop, task);
+                shared.spawn(Shared::<P, R>::stoppable(stop, task));
             }
         }
         Claim::Cached(chunks) => shared.with(|g, now| {

@@ -13,24 +13,15 @@ use event_listener::Event;
 use futures_lite::future::FutureExt as _;
 
 use super::cluster::Coordinator;
-use super::dispatch::After;
+use super::dispatch::{read_for, After, Lent};
+use super::inbox::Inbox;
 use super::remote::PublishQueue;
 use super::signal::Signal;
 use super::traced::TracedMachine;
 use super::user::{Opener, PrepareFn};
-use super::{Runtime, TaskCounts};
+use super::{BoxFuture, Runtime, TaskCounts};
 use crate::idmap::IdMap;
-use crate::{FlightId, Item, Machine, Readiness, RequestId, Time};
-
-/// What one read under the manager's lock gave.
-pub(crate) enum Read {
-    /// Nothing new; the reader is parked until the machine's next `Wake`.
-    Parked,
-    /// Items were appended; the reader is parked as well.
-    ItemsParked,
-    /// The terminal item was appended (or read before): the stream is over.
-    Over,
-}
+use crate::{FlightId, Machine, RequestId, Time};
 
 /// What the adapter holds for one live flight; dropped on `FlightEnded`.
 pub(super) struct FlightData<P> {
@@ -74,8 +65,9 @@ pub(crate) struct State<P> {
     /// The machine, with the trace recorder if one is attached.
     pub(crate) machine: TracedMachine,
     pub(super) flights: BTreeMap<FlightId, FlightData<P>>,
-    /// The wake signal of every attached result stream, until it is dropped.
-    pub(super) readers: IdMap<RequestId, Arc<Signal>>,
+    /// The inbox of every attached result stream, until its last delivery
+    /// or until it is dropped.
+    pub(super) readers: IdMap<RequestId, Arc<Inbox>>,
     pub(super) timer: TimerState,
 }
 
@@ -93,9 +85,15 @@ impl<P> State<P> {
         }
     }
 
-    /// Registers the wake signal of a result stream just attached to `request`.
-    pub(crate) fn add_reader(&mut self, request: RequestId, signal: Arc<Signal>) {
-        self.readers.insert(request, signal);
+    /// Registers the inbox of a result stream just attached to `request`, and
+    /// reads for it at once (a late joiner's replay, or the outcome of a
+    /// request that already ended). Called inside [`Shared::with`], whose
+    /// dispatch lets the timer see a retention the read may have armed.
+    pub(crate) fn add_reader(&mut self, request: RequestId, inbox: Arc<Inbox>) {
+        let (_, last) = read_for(&mut self.machine, request, &inbox, &mut Lent::default());
+        if !last {
+            self.readers.insert(request, inbox);
+        }
     }
 
     /// Stores the payload of a new flight before its `StartPreparation` is carried out.
@@ -230,7 +228,7 @@ impl<P: Send + 'static, R: Runtime> Shared<P, R> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Every input to the machine but `read` goes through here: runs `f` on the
+    /// Every input to the machine goes through here: runs `f` on the
     /// machine at the current time, carries out every action it queued, then
     /// (unlocked) stops tasks, drops the user's values and wakes readers.
     pub(crate) fn with<T>(&self, f: impl FnOnce(&mut State<P>, Time) -> T) -> T {
@@ -245,9 +243,12 @@ impl<P: Send + 'static, R: Runtime> Shared<P, R> {
         for stop in after.stop {
             stop.notify();
         }
+        for task in after.spawn {
+            self.runtime.spawn(task);
+        }
         drop(after.drop);
-        for signal in after.wake {
-            signal.notify();
+        for waker in after.wake {
+            waker.wake();
         }
         if after.timer {
             self.timer_changed.notify(1);
@@ -257,22 +258,26 @@ impl<P: Send + 'static, R: Runtime> Shared<P, R> {
 
     /// Spawns a task, counted until its future is dropped.
     pub(super) fn spawn(&self, work: impl Future<Output = ()> + Send + 'static) {
-        self.tasks.spawned.fetch_add(1, Ordering::SeqCst);
-        let guard = TaskGuard(Arc::clone(&self.tasks));
-        self.runtime.spawn(Box::pin(async move {
-            let _guard = guard;
-            work.await;
-        }));
+        self.runtime.spawn(self.counted(work));
     }
 
-    /// Spawns the user's work, raced against its stop signal: once the machine
+    /// A task to spawn, counted from now until its future is dropped. Counted
+    /// under the lock (so `shutdown` waits for it), spawned after the lock is
+    /// released ([`After::spawn`]): the runtime's spawn allocates and may wake
+    /// a worker thread, which the lock need not wait for.
+    pub(super) fn counted(&self, work: impl Future<Output = ()> + Send + 'static) -> BoxFuture<()> {
+        self.tasks.spawned.fetch_add(1, Ordering::SeqCst);
+        let guard = TaskGuard(Arc::clone(&self.tasks));
+        Box::pin(async move {
+            let _guard = guard;
+            work.await;
+        })
+    }
+
+    /// The user's work, raced against its stop signal: once the machine
     /// aborts the work, the task drops the user's future at its next poll.
-    pub(super) fn spawn_stoppable(
-        &self,
-        stop: Arc<Signal>,
-        work: impl Future<Output = ()> + Send + 'static,
-    ) {
-        self.spawn(async move { stop.wait().or(work).await });
+    pub(super) async fn stoppable(stop: Arc<Signal>, work: impl Future<Output = ()>) {
+        stop.wait().or(work).await;
     }
 
     /// The one timer task: sleeps until the target deadline (or until the target
@@ -322,34 +327,12 @@ impl<P: Send + 'static, R: Runtime> Shared<P, R> {
         self.timer_changed.notify(usize::MAX);
     }
 
-    /// Reads for a result stream, under the lock. Unless the read ended the
-    /// stream, the machine has parked the reader: its signal is set on the
-    /// next `Wake`.
-    ///
-    /// A read takes no time stamp and queues no action, so it skips the clock
-    /// and the dispatch that other inputs go through: the lock is held for the
-    /// read alone.
-    pub(crate) fn read(&self, request: RequestId, out: &mut Vec<Item>) -> Read {
-        let result = self.lock().machine.read(request, out);
-        match result {
-            Ok(Readiness::Pending) => Read::Parked,
-            Ok(Readiness::Ready) if !matches!(out.last(), Some(Item::End(_))) => Read::ItemsParked,
-            Ok(Readiness::Ready) => {
-                // The terminal read armed the record's retention (contract rule
-                // 21): once per request, let the timer see the new deadline.
-                self.with(|_, _| ());
-                Read::Over
-            }
-            Ok(_) | Err(_) => Read::Over,
-        }
-    }
-
     /// A result stream was dropped ([rule 15](crate::contract#rule-15)).
     pub(crate) fn detach(&self, request: RequestId) {
-        let signal = self.with(|g, now| {
+        let inbox = self.with(|g, now| {
             let _ = g.machine.detach(now, request);
             g.readers.remove(&request)
         });
-        drop(signal);
+        drop(inbox);
     }
 }

@@ -2,26 +2,24 @@
 
 use core::pin::Pin;
 use core::task::{Context, Poll};
+use std::collections::VecDeque;
 use std::sync::Arc;
+
+use bytes::Bytes;
 
 use futures_core::Stream;
 
-use super::shared::{Read, Shared};
-use super::signal::{Listener, Signal};
+use super::inbox::{Deliveries, Delivery, Inbox, ROOM};
+use super::shared::Shared;
 use super::Runtime;
 use crate::{Item, RequestId};
 
 /// What a result stream needs from its manager, without the manager's types.
 pub(crate) trait Source: Send + Sync {
-    fn read(&self, request: RequestId, out: &mut Vec<Item>) -> Read;
     fn detach(&self, request: RequestId);
 }
 
 impl<P: Send + 'static, R: Runtime> Source for Shared<P, R> {
-    fn read(&self, request: RequestId, out: &mut Vec<Item>) -> Read {
-        Shared::read(self, request, out)
-    }
-
     fn detach(&self, request: RequestId) {
         Shared::detach(self, request);
     }
@@ -32,8 +30,8 @@ impl<P: Send + 'static, R: Runtime> Source for Shared<P, R> {
 ///
 /// It reads the flight's log through its own cursor: a slow reader blocks nobody
 /// and loses nothing, and a late joiner replays from the first chunk ([rule 7](crate::contract#rule-7)). It
-/// waits without polling: when nothing is available it is woken as soon as
-/// something is, and until then a poll costs no lock.
+/// waits without polling: the manager reads for it as soon as the machine has
+/// something new for it, and wakes it; a poll takes no manager lock.
 ///
 /// **Dropping it cancels its request** if the request is still live, and removes
 /// the request's record ([rule 15](crate::contract#rule-15)). To stop reading without cancelling, keep it.
@@ -41,29 +39,28 @@ impl<P: Send + 'static, R: Runtime> Source for Shared<P, R> {
 pub struct ResultStream {
     request: RequestId,
     source: Arc<dyn Source>,
-    signal: Arc<Signal>,
-    /// Registered with `signal` while parked and waiting.
-    listener: Listener,
-    /// Items read and not handed out yet: `ready[next..]`.
-    ready: Vec<Item>,
-    next: usize,
-    /// The machine parked the reader at the last read: read again only once
-    /// `signal` says it woke it.
-    parked: bool,
+    /// Where the manager's reads for this stream land.
+    inbox: Arc<Inbox>,
+    /// Deliveries taken from the inbox and not handed out yet.
+    ready: Deliveries,
+    /// The chunks being handed out, and how many of them were.
+    current: Option<(Arc<[Bytes]>, usize)>,
+    /// The inbox said no delivery follows those in `ready`.
+    over: bool,
+    /// The terminal item was handed out (or the request is gone).
     done: bool,
 }
 
 impl ResultStream {
-    /// A stream for `request`, whose `signal` the manager has registered.
-    pub(crate) fn new(request: RequestId, source: Arc<dyn Source>, signal: Arc<Signal>) -> Self {
+    /// A stream for `request`, whose `inbox` the manager has registered.
+    pub(crate) fn new(request: RequestId, source: Arc<dyn Source>, inbox: Arc<Inbox>) -> Self {
         ResultStream {
             request,
             source,
-            signal,
-            listener: Listener::default(),
-            ready: Vec::new(),
-            next: 0,
-            parked: false,
+            inbox,
+            ready: VecDeque::with_capacity(ROOM),
+            current: None,
+            over: false,
             done: false,
         }
     }
@@ -81,34 +78,31 @@ impl ResultStream {
     }
 
     fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Item>> {
-        if self.next == self.ready.len() {
-            self.ready.clear();
-            self.next = 0;
-            while self.ready.is_empty() && !self.done {
-                if self.parked && self.signal.poll_take(&mut self.listener, cx).is_pending() {
-                    return Poll::Pending;
+        loop {
+            if let Some((chunks, next)) = &mut self.current {
+                if let Some(chunk) = chunks.get(*next) {
+                    *next += 1;
+                    return Poll::Ready(Some(Item::Chunk(chunk.clone())));
                 }
-                match self.source.read(self.request, &mut self.ready) {
-                    Read::Parked | Read::ItemsParked => self.parked = true,
-                    Read::Over => {
-                        self.parked = false;
-                        self.done = true;
-                    }
+                self.current = None;
+            }
+            match self.ready.pop_front() {
+                Some(Delivery::Chunks(chunks)) => self.current = Some((chunks, 0)),
+                Some(Delivery::End(outcome)) => {
+                    self.done = true;
+                    self.ready.clear();
+                    return Poll::Ready(Some(Item::End(outcome)));
                 }
+                None if self.done || self.over => {
+                    self.done = true;
+                    return Poll::Ready(None);
+                }
+                None => match self.inbox.poll_take(&mut self.ready, cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(over) => self.over = over,
+                },
             }
         }
-        let Some(slot) = self.ready.get_mut(self.next) else {
-            self.done = true;
-            return Poll::Ready(None);
-        };
-        // Take the item, leaving a placeholder that `clear` drops for free.
-        let item = core::mem::replace(slot, Item::End(crate::Outcome::Completed));
-        self.next += 1;
-        if matches!(item, Item::End(_)) {
-            self.done = true;
-            self.next = self.ready.len();
-        }
-        Poll::Ready(Some(item))
     }
 }
 
@@ -130,7 +124,7 @@ impl core::fmt::Debug for ResultStream {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("ResultStream")
             .field("request", &self.request)
-            .field("buffered", &(self.ready.len() - self.next))
+            .field("deliveries", &self.ready.len())
             .field("done", &self.done)
             .finish_non_exhaustive()
     }

@@ -23,7 +23,7 @@ use serde::Serialize;
 use super::recorder::{RecordError, Recorder, RecordingStatus};
 use super::trace::{encode_header, encode_record, TraceHeader, VERSION};
 use crate::{
-    Action, Failure, FlightId, Input, Item, Key, Machine, Outcome, Prepared, Readiness, Reply,
+    Action, Borrowed, Failure, FlightId, Input, Key, Machine, Outcome, Prepared, Reply,
     RequestError, RequestId, Role, StaleFlight, Submission, SubmitError, Time,
 };
 
@@ -148,17 +148,16 @@ impl TracedMachine {
     }
 
     /// A read carries no time; it is recorded at the machine's latest, and
-    /// without its reply (its items are chunks the trace has already).
-    pub(crate) fn read(
+    /// without its reply (its items are chunks the trace has already). It
+    /// queues no action, so recording it before it is applied is the same.
+    pub(crate) fn read_borrowed(
         &mut self,
         request: RequestId,
-        out: &mut Vec<Item>,
-    ) -> Result<Readiness, RequestError> {
-        let result = self.machine.read(request, out);
+    ) -> Result<Borrowed<'_>, RequestError> {
         if let Some(input) = self.recording(|| Input::Read { request }) {
             self.record(self.machine.now(), &input, None);
         }
-        result
+        self.machine.read_borrowed(request)
     }
 
     pub(crate) fn handle_prepared(

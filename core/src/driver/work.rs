@@ -14,6 +14,7 @@ use bytes::Bytes;
 use futures_lite::future::{poll_once, FutureExt as _};
 use futures_lite::StreamExt as _;
 
+use super::dispatch::After;
 use super::shared::Shared;
 use super::signal::Signal;
 use super::user::{ChunkStream, Opener};
@@ -21,22 +22,35 @@ use super::{BoxFuture, Runtime};
 use crate::{Failure, FlightId, Work};
 
 impl<P: Send + 'static, R: Runtime> Shared<P, R> {
-    /// Spawns the preparation of `flight`; returns its stop signal.
+    /// Starts the preparation of `flight` (spawned once the lock is
+    /// released); returns its stop signal.
     pub(super) fn start_preparation(
         &self,
         flight: FlightId,
         work: BoxFuture<Result<(crate::Prepared, Opener), String>>,
+        after: &mut After,
     ) -> Arc<Signal> {
         let stop = Arc::new(Signal::default());
-        self.spawn_stoppable(Arc::clone(&stop), run_preparation(self.arc(), flight, work));
+        let task = run_preparation(self.arc(), flight, work);
+        after
+            .spawn
+            .push(self.counted(Self::stoppable(Arc::clone(&stop), task)));
         stop
     }
 
-    /// Spawns the upstream of `flight`; returns its stop signal.
-    pub(super) fn start_stream(&self, flight: FlightId, opener: Opener) -> Arc<Signal> {
+    /// Starts the upstream of `flight` (spawned once the lock is released);
+    /// returns its stop signal.
+    pub(super) fn start_stream(
+        &self,
+        flight: FlightId,
+        opener: Opener,
+        after: &mut After,
+    ) -> Arc<Signal> {
         let stop = Arc::new(Signal::default());
         let task = run_stream(self.arc(), flight, opener, Arc::clone(&stop));
-        self.spawn_stoppable(Arc::clone(&stop), task);
+        after
+            .spawn
+            .push(self.counted(Self::stoppable(Arc::clone(&stop), task)));
         stop
     }
 }
