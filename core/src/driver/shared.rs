@@ -186,6 +186,12 @@ pub(crate) struct Shared<P, R: Runtime> {
     /// Notified when the timer's target moves earlier, or on shutdown.
     pub(super) timer_changed: Event,
     pub(crate) tasks: Arc<Tasks>,
+    /// Detaches of dropped streams whose requests had ended, applied at the
+    /// next input ([`Shared::detach`]).
+    finished: (
+        async_channel::Sender<RequestId>,
+        async_channel::Receiver<RequestId>,
+    ),
 }
 
 impl<P: Send + 'static, R: Runtime> Shared<P, R> {
@@ -211,6 +217,7 @@ impl<P: Send + 'static, R: Runtime> Shared<P, R> {
             }),
             timer_changed: Event::new(),
             tasks: Arc::new(Tasks::default()),
+            finished: async_channel::unbounded(),
         });
         let timer = Arc::clone(&shared);
         shared.spawn(async move { timer.run_timer().await });
@@ -236,6 +243,7 @@ impl<P: Send + 'static, R: Runtime> Shared<P, R> {
         let out = {
             let mut g = self.lock();
             let now = self.runtime.now();
+            self.remove_finished(&mut g, now);
             let out = f(&mut g, now);
             self.dispatch(&mut g, now, &mut after);
             out
@@ -328,11 +336,30 @@ impl<P: Send + 'static, R: Runtime> Shared<P, R> {
     }
 
     /// A result stream was dropped ([rule 15](crate::contract#rule-15)).
-    pub(crate) fn detach(&self, request: RequestId) {
+    ///
+    /// A stream that had its last delivery belongs to a request that is no
+    /// longer live, whose drop only removes its record: that detach is queued
+    /// (`finished`, never waits) and applied at the start of the next input,
+    /// before anything can observe the record, instead of taking the lock
+    /// now. Every client that reads its answer to the end and drops its
+    /// stream would otherwise take the lock once more, for nothing it waits
+    /// on.
+    pub(crate) fn detach(&self, request: RequestId, over: bool) {
+        if over && self.finished.0.try_send(request).is_ok() {
+            return;
+        }
         let inbox = self.with(|g, now| {
             let _ = g.machine.detach(now, request);
             g.readers.remove(&request)
         });
         drop(inbox);
+    }
+
+    /// Applies the queued detaches of finished streams (under the lock, first
+    /// in every input, so nothing sees a record its stream's drop removed).
+    fn remove_finished(&self, g: &mut State<P>, now: Time) {
+        while let Ok(request) = self.finished.1.try_recv() {
+            let _ = g.machine.detach(now, request);
+        }
     }
 }

@@ -16,12 +16,14 @@ use crate::{Item, RequestId};
 
 /// What a result stream needs from its manager, without the manager's types.
 pub(crate) trait Source: Send + Sync {
-    fn detach(&self, request: RequestId);
+    /// The stream was dropped; `over` when its inbox had its last delivery
+    /// (the request is no longer live: only its record is left to remove).
+    fn detach(&self, request: RequestId, over: bool);
 }
 
 impl<P: Send + 'static, R: Runtime> Source for Shared<P, R> {
-    fn detach(&self, request: RequestId) {
-        Shared::detach(self, request);
+    fn detach(&self, request: RequestId, over: bool) {
+        Shared::detach(self, request, over);
     }
 }
 
@@ -116,7 +118,7 @@ impl Stream for ResultStream {
 
 impl Drop for ResultStream {
     fn drop(&mut self) {
-        self.source.detach(self.request);
+        self.source.detach(self.request, self.done || self.over);
     }
 }
 

@@ -27,6 +27,7 @@ macro_rules! conformance {
 
 conformance!(
     coalescing,
+    finished_stream_dropped_leaves_no_record,
     late_join_replay,
     slow_reader_blocks_nobody,
     cache_hit,

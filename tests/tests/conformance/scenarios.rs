@@ -38,6 +38,69 @@ pub async fn coalescing<T: TestRt>() {
     finish::<T>(&m).await;
 }
 
+/// A stream read to its end and dropped leaves no record behind: its request
+/// is not found afterwards, nor counted (contract rule 15), whether or not the
+/// client read the terminal item before dropping it; a stream dropped while its
+/// request is live still cancels it.
+pub async fn finished_stream_dropped_leaves_no_record<T: TestRt>() {
+    let probe = Arc::new(Probe::default());
+    let m = manager::<T>(config(), &probe);
+    let plan = Plan::chunks(3).every(ms(1));
+    let mut s = m
+        .submit_and_stream("read to the end", plan.clone())
+        .unwrap();
+    let id = s.id();
+    assert_eq!(
+        read_all::<T>(&mut s).await,
+        (text(3), Outcome::Completed),
+        "{}",
+        T::NAME
+    );
+    assert!(
+        m.status(id).is_some(),
+        "{}: kept for its retention while streamed",
+        T::NAME
+    );
+    drop(s);
+    assert_eq!(
+        m.status(id),
+        None,
+        "{}: the dropped stream's record is gone",
+        T::NAME
+    );
+    assert!(
+        matches!(m.stream(id), Err(RequestError::NotFound)),
+        "{}",
+        T::NAME
+    );
+    assert_eq!(m.stats().requests, 0, "{}", T::NAME);
+
+    // Ended but its end not read yet: the drop removes the record too.
+    let s = m.submit_and_stream("not read", plan.clone()).unwrap();
+    let id = s.id();
+    m.cancel(id).unwrap();
+    drop(s);
+    assert_eq!(m.status(id), None, "{}", T::NAME);
+    assert_eq!(m.stats().requests, 0, "{}", T::NAME);
+
+    // Live: the drop cancels it.
+    let mut s = m
+        .submit_and_stream("live", Plan::chunks(3).every(ms(50)))
+        .unwrap();
+    let _ = within::<T, _>("the first chunk", s.next_item()).await;
+    let id = s.id();
+    drop(s);
+    assert_eq!(m.status(id), None, "{}", T::NAME);
+    let stats = m.stats();
+    assert_eq!(
+        (stats.requests, stats.totals.cancelled),
+        (0, 2),
+        "{}",
+        T::NAME
+    );
+    finish::<T>(&m).await;
+}
+
 /// A client that joins a flight mid-stream replays it from the first chunk (contract rule 7).
 pub async fn late_join_replay<T: TestRt>() {
     let probe = Arc::new(Probe::default());
