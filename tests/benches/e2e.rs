@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, Criterion};
 use flightdeck_core::{Config, Item, Key, Outcome};
 use flightdeck_smol::SmolRuntime;
 use flightdeck_tokio::driver::{Manager, Runtime};
@@ -815,4 +815,61 @@ criterion_group!(
     bench_e2e,
     bench_scaling
 );
-criterion_main!(benches);
+
+/// A profiling mode, for `perf` and `valgrind`: `E2E_PROFILE=<workload>:<runs>`
+/// runs one workload of the main comparison `runs` times and nothing else
+/// (`flightdeck_tokio`, `lossy_tokio`, `lossless_tokio`, and the same with
+/// `_smol`), so a profiler's counts belong to that workload alone.
+fn profile(spec: &str) {
+    let (name, runs) = spec.split_once(':').unwrap_or((spec, "20"));
+    let runs: usize = runs.parse().expect("E2E_PROFILE=<workload>:<runs>");
+    let rt = tokio_runtime();
+    let trt = TokioRt(rt.handle().clone());
+    let pool = SmolPool::new();
+    let srt = SmolRt(pool.ex.clone());
+    let mut one: Box<dyn FnMut() -> Tally> = match name {
+        "flightdeck_tokio" => {
+            Box::new(|| rt.block_on(adapter_run(trt.clone(), tokio_adapter(&rt, MAIN), MAIN)))
+        }
+        "lossy_tokio" => {
+            Box::new(|| rt.block_on(baseline_run(trt.clone(), MAIN, BROADCAST_CAPACITY)))
+        }
+        "lossless_tokio" => {
+            Box::new(|| rt.block_on(baseline_run(trt.clone(), MAIN, LOSSLESS_CAPACITY)))
+        }
+        "flightdeck_smol" => {
+            Box::new(|| pool.block_on(adapter_run(srt.clone(), smol_adapter(&pool.ex, MAIN), MAIN)))
+        }
+        "lossy_smol" => {
+            Box::new(|| pool.block_on(baseline_run(srt.clone(), MAIN, BROADCAST_CAPACITY)))
+        }
+        "lossless_smol" => {
+            Box::new(|| pool.block_on(baseline_run(srt.clone(), MAIN, LOSSLESS_CAPACITY)))
+        }
+        other => panic!("E2E_PROFILE: unknown workload {other:?}"),
+    };
+    let start = Instant::now();
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let s = Instant::now();
+        let t = one();
+        times.push(s.elapsed());
+        if name.starts_with("flightdeck") {
+            check_flightdeck(t);
+        }
+    }
+    println!(
+        "profile {name}: {runs} runs in {:?}, median {:?}",
+        start.elapsed(),
+        median(times)
+    );
+}
+
+fn main() {
+    if let Ok(spec) = std::env::var("E2E_PROFILE") {
+        profile(&spec);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
