@@ -17,16 +17,17 @@ use bytes::Bytes;
 use crate::deadline::{Deadlines, Timer};
 use crate::flights::Flights;
 use crate::request::{Life, Reader, Request};
-use crate::{Config, Item, Outcome, Readiness, RequestError, RequestId, Time};
+use crate::{Config, FlightId, Item, Outcome, Readiness, RequestError, RequestId, Time};
 
 /// What a read needs besides the record: the deadline set, the configuration
 /// and the time, to start the record's retention on the terminal read.
 pub(crate) type Clock<'c> = (&'c mut Deadlines, &'c Config, Time);
 
 /// What one read hands out, lent from the log it reads: the new chunks, and the
-/// outcome if this read is the terminal one. A read that copies ([`read`]) and
-/// one that lends (a driver's) both go through [`lend`], so they cannot differ
-/// in what they do to the state.
+/// outcome if this read is the terminal one. A read that copies ([`read`]), one
+/// that lends (a driver's) and one delivered in place of a wake
+/// ([`lend_woken`]) all go through [`lend`], so they cannot differ in what they
+/// do to the state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Lent<'a> {
     pub(crate) readiness: Readiness,
@@ -44,7 +45,7 @@ const PENDING: Lent<'static> = Lent {
 /// reader while its request is live, finishes it on the terminal read and starts
 /// the record's retention at `now`. See [`Machine::read`](crate::Machine::read).
 ///
-/// Inlined into its two callers: it runs once per reader per chunk, and as a
+/// Inlined into its callers: it runs once per reader per chunk, and as a
 /// call its prologue, epilogue and returned struct were a third of its cost.
 #[inline]
 pub(crate) fn lend<'a>(
@@ -108,6 +109,34 @@ pub(crate) fn lend<'a>(
             })
         }
     }
+}
+
+/// [`lend`] for a reader that a chunk of `flight` is delivered to in place of
+/// a wake ([`Machine::handle_chunks_delivering`](crate::Machine::handle_chunks_delivering)):
+/// `None` unless a wake would have woken it (it is live on `flight` and
+/// parked, the condition of `Records::wake`), else exactly the read it would
+/// have done after that wake.
+///
+/// A wake takes the reader out of the flight's parked list and the read puts
+/// it back (the readers woken by one append are re-parked in wake order). Here
+/// the reader is never unparked, so [`lend`] finds it parked and parks nothing:
+/// the caller keeps it in the parked list where it was, and drops the readers
+/// for which this returns `None`, as the wakes would have. The cursor moves,
+/// and the chunks are lent, by the same [`lend`] as every other read.
+#[inline]
+pub(crate) fn lend_woken<'a>(
+    clock: Clock<'_>,
+    request: RequestId,
+    req: &'a mut Request,
+    flight: FlightId,
+    flights: &'a mut Flights,
+) -> Option<Lent<'a>> {
+    let woken = matches!(req.life, Life::Live(f) if f == flight)
+        && req.reader.as_ref().is_some_and(|r| r.parked);
+    if !woken {
+        return None;
+    }
+    lend(clock, request, req, flights).ok()
 }
 
 /// [`lend`], with the chunks and the end copied into `out` as items (a chunk
