@@ -190,15 +190,16 @@ impl Machine {
         let Some(f) = self.flights.get_mut(flight) else {
             return;
         };
+        let tail = f.tail_mut();
         // Taken out while its readers read: `lend_woken` parks nobody (each
         // reader it lends to is parked already), so the list is put back whole.
-        let mut parked = std::mem::take(&mut f.tail_mut().parked);
+        let mut parked = std::mem::take(&mut tail.parked);
+        let records = &mut self.records;
         parked.retain(|&id| {
-            let Some(req) = self.records.get_mut(id) else {
-                return false;
-            };
-            let clock = (&mut self.deadlines, &self.config, self.now);
-            match reading::lend_woken(clock, id, req, flight, &mut self.flights) {
+            let lent = records
+                .get_mut(id)
+                .and_then(|req| reading::lend_woken(id, req, flight, tail));
+            match lent {
                 Some(lent) => {
                     deliver(id, Borrowed::from(lent));
                     true
@@ -206,11 +207,8 @@ impl Machine {
                 None => false,
             }
         });
-        if let Some(f) = self.flights.get_mut(flight) {
-            let tail = f.tail_mut();
-            debug_assert!(tail.parked.is_empty(), "a delivery parked a reader");
-            tail.parked = parked;
-        }
+        debug_assert!(tail.parked.is_empty(), "a delivery parked a reader");
+        tail.parked = parked;
     }
 
     /// The wakes queued since the actions' length was `mark`, taken out of the
