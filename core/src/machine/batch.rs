@@ -391,6 +391,63 @@ mod tests {
         a.check_invariants().expect("invariants");
     }
 
+    /// A batch is handed to the parked readers in place: no `Wake`, the readers
+    /// stay parked and get the next batch too; a reader that has not read yet
+    /// (not parked) is left to read for itself. A batch past
+    /// `max_response_bytes` delivers each parked reader its end.
+    #[test]
+    fn delivering_hands_chunks_over_without_wakes() {
+        let config = Config {
+            max_response_bytes: 10,
+            ..Config::default()
+        };
+        let (mut m, flight, ids) = streaming(config, 3);
+        let (r0, r1, lagging) = (ids[0], ids[1], ids[2]);
+        for id in [r0, r1] {
+            assert_eq!(
+                m.read_borrowed(id).map(|b| b.readiness),
+                Ok(Readiness::Pending)
+            );
+        }
+        let t = Time::from_millis(2);
+        let mut got = Vec::new();
+        let mut record = |id: RequestId, lent: Borrowed<'_>| {
+            got.push((id, lent.chunks.to_vec(), lent.end.cloned()));
+        };
+        assert_eq!(
+            m.handle_chunks_delivering(t, flight, [chunk(1), chunk(2)], &mut record),
+            Ok(2)
+        );
+        assert_eq!(
+            m.handle_chunks_delivering(t, flight, [chunk(3)], &mut record),
+            Ok(1)
+        );
+        assert!(actions(&mut m).is_empty(), "no wake");
+        let failed = Outcome::Failed(Failure::ResponseTooLarge { limit: 10 });
+        assert_eq!(
+            m.handle_chunks_delivering(t, flight, [chunk(4), chunk(5)], &mut record),
+            Ok(1)
+        );
+        assert!(actions(&mut m)
+            .iter()
+            .all(|a| !matches!(a, Action::Wake { .. })));
+        let expected = |id| {
+            [
+                (id, vec![chunk(1), chunk(2)], None),
+                (id, vec![chunk(3)], None),
+                (id, vec![chunk(4)], Some(failed.clone())),
+            ]
+        };
+        let [a0, a1, a2] = expected(r0);
+        let [b0, b1, b2] = expected(r1);
+        assert_eq!(got, [a0, b0, a1, b1, a2, b2]);
+        let mut items = Vec::new();
+        assert_eq!(m.read(r0, &mut items), Ok(Readiness::Closed));
+        assert_eq!(m.read(lagging, &mut items), Ok(Readiness::Ready));
+        assert_eq!(items.len(), 5, "four chunks and the end");
+        m.check_invariants().expect("invariants");
+    }
+
     /// What a driver saw: every delivery (a read after a wake, or a chunk
     /// handed over in place) per reader, in order, and every other action.
     #[derive(Debug, Default, PartialEq)]
