@@ -3,6 +3,8 @@
 //! - `mixed`: inputs per second on a realistic mix of every input kind;
 //! - `fanout/N`: one chunk reaching N parked readers (chunk + N wakes + N reads);
 //!   `fanout/borrowed/N`: the same with `Machine::read_borrowed`;
+//!   `fanout/batched/N`: the same with `Machine::handle_chunks_delivering` (no
+//!   wakes: each reader is handed its new chunk as the chunk arrives);
 //! - `cache_hit`: submit, attach, read to the end, detach for a cached key;
 //! - `deadlines_1m`: arm/disarm and timeout handling with ~2,000,000 pending
 //!   deadlines (1,000,000 queued requests, each with its own flight), and the
@@ -309,27 +311,51 @@ fn fanout_borrowed_once(m: &mut Machine, f: FlightId, now: Time, chunk: &Bytes) 
     }
 }
 
+/// The same delivered in place: one input hands each parked reader its new
+/// chunk (lent; it looks at the bytes), no `Wake` is queued and the readers
+/// stay parked. The driver still drains the actions (there are none).
+fn fanout_batched_once(m: &mut Machine, f: FlightId, now: Time, chunk: &Bytes) {
+    m.handle_chunks_delivering(now, f, [chunk.clone()], |_, lent| {
+        for c in lent.chunks {
+            black_box(c.as_ref());
+        }
+    })
+    .expect("streaming");
+    while let Some(a) = m.poll_action() {
+        black_box(a);
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Fanout {
+    Owned,
+    Borrowed,
+    Batched,
+}
+
 fn bench_fanout(c: &mut Criterion) {
     let mut g = c.benchmark_group("fanout");
     g.sample_size(20)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
     let chunk = Bytes::from_static(CHUNK);
-    for (borrowed, n) in [
-        (false, 1usize),
-        (false, 100),
-        (false, 10_000),
-        (true, 1),
-        (true, 100),
-        (true, 10_000),
+    for (mode, n) in [
+        (Fanout::Owned, 1usize),
+        (Fanout::Owned, 100),
+        (Fanout::Owned, 10_000),
+        (Fanout::Borrowed, 1),
+        (Fanout::Borrowed, 100),
+        (Fanout::Borrowed, 10_000),
+        (Fanout::Batched, 100),
+        (Fanout::Batched, 10_000),
     ] {
         // Chunks per flight before the log is reset (keeps memory bounded).
         let per_flight = (1_000_000 / n).clamp(16, 10_000);
         g.throughput(Throughput::Elements(n as u64));
-        let id = if borrowed {
-            BenchmarkId::new("borrowed", n)
-        } else {
-            BenchmarkId::from_parameter(n)
+        let id = match mode {
+            Fanout::Owned => BenchmarkId::from_parameter(n),
+            Fanout::Borrowed => BenchmarkId::new("borrowed", n),
+            Fanout::Batched => BenchmarkId::new("batched", n),
         };
         g.bench_function(id, |b| {
             b.iter_custom(|iters| {
@@ -342,10 +368,10 @@ fn bench_fanout(c: &mut Criterion) {
                     let now = Time::from_millis(2);
                     let start = Instant::now();
                     for _ in 0..batch {
-                        if borrowed {
-                            fanout_borrowed_once(&mut m, f, now, &chunk);
-                        } else {
-                            fanout_once(&mut m, f, now, &chunk, &mut out);
+                        match mode {
+                            Fanout::Owned => fanout_once(&mut m, f, now, &chunk, &mut out),
+                            Fanout::Borrowed => fanout_borrowed_once(&mut m, f, now, &chunk),
+                            Fanout::Batched => fanout_batched_once(&mut m, f, now, &chunk),
                         }
                     }
                     total += start.elapsed();

@@ -152,6 +152,11 @@ impl Tail {
         chunks: impl IntoIterator<Item = Bytes>,
         limit: u64,
     ) -> (usize, bool) {
+        let chunks = chunks.into_iter();
+        // Room for the whole batch at once (at least what the iterator
+        // promises), rather than a growth check and possibly several
+        // reallocations as it is pushed chunk by chunk.
+        self.log.reserve(chunks.size_hint().0);
         let mut accepted = 0;
         for data in chunks {
             let bytes = self.bytes.saturating_add(data.len() as u64);

@@ -2,11 +2,17 @@
 //!
 //! Ids are handed out in order and never reused, so the records alive at any time
 //! occupy a window of recent ids: [`IdMap`] keeps that window as a dense
-//! `VecDeque` indexed by `id - base`, and a lookup is one subtraction and one
-//! index. Records that outlive most of their neighbours would pin the window's
+//! `Vec` indexed by `id - base`, and a lookup is one subtraction and one
+//! bounds-checked index. Records that outlive most of their neighbours would pin the window's
 //! front and let it grow with every newer id; when fewer than a quarter of the
 //! window's slots are occupied, the front half's survivors move to an ordered
 //! side map, so memory stays within a small factor of the records alive.
+//!
+//! The window is a `Vec`, not a `VecDeque`: a lookup runs once per reader per
+//! chunk in a fan-out, and a deque's index has to wrap around its ring. The
+//! front's freed slots are not shifted out one by one; they are left empty
+//! behind a `head` mark and drained in one go once they are half the vector,
+//! so removing from the front stays amortised constant time.
 //!
 //! Iteration is in id order, and equality and hashing see only the `(id, record)`
 //! pairs, never the layout: two maps holding the same records are equal however
@@ -14,7 +20,7 @@
 
 use core::hash::{Hash, Hasher};
 use core::marker::PhantomData;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 use crate::{FlightId, RequestId};
 
@@ -58,8 +64,12 @@ const MIN_COMPACT: usize = 64;
 pub(crate) struct IdMap<K, V> {
     /// The id of `dense[0]`.
     base: u64,
-    /// Slots for ids `base..base + dense.len()`; the front slot is always occupied.
-    dense: VecDeque<Option<V>>,
+    /// Slots for ids `base..base + dense.len()`. The window proper starts at
+    /// `head`: the slots before it are empty, waiting to be drained, and
+    /// `dense[head]`, if there is one, is occupied.
+    dense: Vec<Option<V>>,
+    /// Where the window starts in `dense`.
+    head: usize,
     /// Occupied slots in `dense`.
     in_dense: usize,
     /// Records with ids below `base`, moved out of a sparse window.
@@ -71,7 +81,8 @@ impl<K, V> Default for IdMap<K, V> {
     fn default() -> Self {
         IdMap {
             base: 0,
-            dense: VecDeque::new(),
+            dense: Vec::new(),
+            head: 0,
             in_dense: 0,
             old: BTreeMap::new(),
             ids: PhantomData,
@@ -120,9 +131,11 @@ impl<K: SeqId, V> IdMap<K, V> {
         let Some(i) = self.slot(id) else {
             return self.old.insert(id, value);
         };
-        while self.dense.len() <= i {
-            self.dense.push_back(None);
+        if self.dense.len() <= i {
+            self.dense.resize_with(i + 1, || None);
         }
+        // An id behind the head (out of order) moves the window's start back.
+        self.head = self.head.min(i);
         let previous = self.dense[i].replace(value);
         if previous.is_none() {
             self.in_dense += 1;
@@ -138,29 +151,43 @@ impl<K: SeqId, V> IdMap<K, V> {
         let value = self.dense.get_mut(i)?.take()?;
         self.in_dense -= 1;
         self.trim_front();
-        if self.dense.len() >= MIN_COMPACT && self.in_dense * 4 < self.dense.len() {
+        let window = self.dense.len() - self.head;
+        if window >= MIN_COMPACT && self.in_dense * 4 < window {
             self.compact();
         }
         Some(value)
     }
 
+    /// Moves `head` past the empty slots at the window's front, and drains the
+    /// slots behind it once they are half the vector (or all of it).
     fn trim_front(&mut self) {
-        while matches!(self.dense.front(), Some(None)) {
-            self.dense.pop_front();
-            self.base += 1;
+        while matches!(self.dense.get(self.head), Some(None)) {
+            self.head += 1;
+        }
+        if self.head == self.dense.len() || self.head * 2 >= self.dense.len() {
+            self.dense.drain(..self.head);
+            self.base += self.head as u64;
+            self.head = 0;
         }
     }
 
     /// Moves the survivors of the window's front half to `old`.
     fn compact(&mut self) {
-        let half = self.dense.len() / 2;
-        for _ in 0..half {
-            if let Some(Some(value)) = self.dense.pop_front() {
-                self.old.insert(self.base, value);
+        let half = (self.dense.len() - self.head) / 2;
+        let front = self.head..self.head + half;
+        for (slot, id) in self.dense[front.clone()]
+            .iter_mut()
+            .zip(self.base + front.start as u64..)
+        {
+            if let Some(value) = slot.take() {
+                self.old.insert(id, value);
                 self.in_dense -= 1;
             }
-            self.base += 1;
         }
+        // Drained at once: `old` holds only ids below `base`.
+        self.dense.drain(..front.end);
+        self.base += front.end as u64;
+        self.head = 0;
         self.trim_front();
     }
 
@@ -244,7 +271,9 @@ mod tests {
                 let probe = next() % (next_id + 10);
                 assert_eq!(m.get(&probe), reference.get(&probe));
                 assert_eq!(m.len(), reference.len());
-                assert!(m.dense.len() <= 4 * m.in_dense + super::MIN_COMPACT + 1);
+                let window = m.dense.len() - m.head;
+                assert!(window <= 4 * m.in_dense + super::MIN_COMPACT + 1);
+                assert!(m.dense.len() <= 2 * window + 1, "drained behind the head");
             }
         }
         assert!(m
@@ -272,6 +301,7 @@ mod tests {
         }
         assert_eq!(m.len(), 100);
         assert!(m.dense.len() < 400, "window compacted: {}", m.dense.len());
+        assert!(m.dense[m.head..].first().is_some_and(Option::is_some));
         for id in 0..1000u64 {
             assert_eq!(m.get(&id).copied(), (id % 10 == 0).then_some(id * 10));
         }

@@ -15,18 +15,20 @@
 use bytes::Bytes;
 
 use crate::deadline::{Deadlines, Timer};
+use crate::flight::Tail;
 use crate::flights::Flights;
 use crate::request::{Life, Reader, Request};
-use crate::{Config, Item, Outcome, Readiness, RequestError, RequestId, Time};
+use crate::{Config, FlightId, Item, Outcome, Readiness, RequestError, RequestId, Time};
 
 /// What a read needs besides the record: the deadline set, the configuration
 /// and the time, to start the record's retention on the terminal read.
 pub(crate) type Clock<'c> = (&'c mut Deadlines, &'c Config, Time);
 
 /// What one read hands out, lent from the log it reads: the new chunks, and the
-/// outcome if this read is the terminal one. A read that copies ([`read`]) and
-/// one that lends (a driver's) both go through [`lend`], so they cannot differ
-/// in what they do to the state.
+/// outcome if this read is the terminal one. A read that copies ([`read`]), one
+/// that lends (a driver's) and one delivered in place of a wake
+/// ([`lend_woken`]) all go through [`lend`], so they cannot differ in what they
+/// do to the state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Lent<'a> {
     pub(crate) readiness: Readiness,
@@ -44,7 +46,7 @@ const PENDING: Lent<'static> = Lent {
 /// reader while its request is live, finishes it on the terminal read and starts
 /// the record's retention at `now`. See [`Machine::read`](crate::Machine::read).
 ///
-/// Inlined into its two callers: it runs once per reader per chunk, and as a
+/// Inlined into its callers: it runs once per reader per chunk, and as a
 /// call its prologue, epilogue and returned struct were a third of its cost.
 #[inline]
 pub(crate) fn lend<'a>(
@@ -64,23 +66,7 @@ pub(crate) fn lend<'a>(
             let Some(flight) = flights.get_mut(*fid) else {
                 return Ok(PENDING);
             };
-            // Either way the reader has everything so far: park it, so the
-            // next chunk (or the end) wakes it without a second read.
-            if !reader.parked {
-                reader.parked = true;
-                flight.tail_mut().parked.push(request);
-            }
-            let log = &flight.tail().log;
-            let from = reader.cursor.min(log.len());
-            if from == log.len() {
-                return Ok(PENDING);
-            }
-            reader.cursor = log.len();
-            Ok(Lent {
-                readiness: Readiness::Ready,
-                chunks: &log[from..],
-                end: None,
-            })
+            Ok(lend_live(request, reader, flight.tail_mut()))
         }
         Life::Ended(ending) => {
             if reader.finished {
@@ -108,6 +94,55 @@ pub(crate) fn lend<'a>(
             })
         }
     }
+}
+
+/// [`lend`] of a live request's reader, given its flight's tail.
+#[inline]
+fn lend_live<'a>(request: RequestId, reader: &mut Reader, tail: &'a mut Tail) -> Lent<'a> {
+    // Either way the reader has everything so far: park it, so the next chunk
+    // (or the end) wakes it without a second read.
+    if !reader.parked {
+        reader.parked = true;
+        tail.parked.push(request);
+    }
+    let log = &tail.log;
+    let from = reader.cursor.min(log.len());
+    if from == log.len() {
+        return PENDING;
+    }
+    reader.cursor = log.len();
+    Lent {
+        readiness: Readiness::Ready,
+        chunks: &log[from..],
+        end: None,
+    }
+}
+
+/// The read of a reader that a chunk of `flight` is delivered to in place of a
+/// wake ([`Machine::handle_chunks_delivering`](crate::Machine::handle_chunks_delivering)),
+/// given the flight's tail: `None` unless a wake would have woken it (it is
+/// live on `flight` and parked, the condition of `Records::wake`), else
+/// exactly what [`lend`] would lend it after that wake.
+///
+/// A wake takes the reader out of the flight's parked list and the read puts
+/// it back (the readers woken by one append are re-parked in wake order). Here
+/// the reader is never unparked, so the read finds it parked and parks nothing:
+/// the caller keeps it in the parked list where it was, and drops the readers
+/// for which this returns `None`, as the wakes would have. The cursor moves,
+/// and the chunks are lent, by the same function as in every live read; a live
+/// read touches neither the deadlines nor the time, so none are needed.
+#[inline]
+pub(crate) fn lend_woken<'a>(
+    request: RequestId,
+    req: &mut Request,
+    flight: FlightId,
+    tail: &'a mut Tail,
+) -> Option<Lent<'a>> {
+    if !matches!(req.life, Life::Live(f) if f == flight) {
+        return None;
+    }
+    let reader = req.reader.as_mut().filter(|r| r.parked)?;
+    Some(lend_live(request, reader, tail))
 }
 
 /// [`lend`], with the chunks and the end copied into `out` as items (a chunk
