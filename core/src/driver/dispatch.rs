@@ -18,7 +18,7 @@ use super::shared::{Shared, State};
 use super::signal::Signal;
 use super::traced::TracedMachine;
 use super::{BoxFuture, Runtime};
-use crate::{Action, Failure, FlightId, Readiness, RequestId, Role, Time};
+use crate::{Action, Borrowed, Failure, FlightId, Readiness, RequestId, Role, StaleFlight, Time};
 
 /// What is done after the lock is released.
 #[derive(Default)]
@@ -150,15 +150,26 @@ pub(super) fn read_for(
     inbox: &Inbox,
     lent: &mut Lent,
 ) -> (Option<Waker>, bool) {
-    let (chunks, end, last) = match machine.read_borrowed(request) {
-        Ok(read) => {
+    deliver(machine.read_borrowed(request).ok(), inbox, lent)
+}
+
+/// Delivers what a read gave (or, for `None`, that the request is gone) to a
+/// stream's inbox. Returns the stream's waker if it has news, and whether this
+/// was its last delivery.
+pub(super) fn deliver(
+    read: Option<Borrowed<'_>>,
+    inbox: &Inbox,
+    lent: &mut Lent,
+) -> (Option<Waker>, bool) {
+    let (chunks, end, last) = match read {
+        Some(read) => {
             let chunks = (!read.chunks.is_empty()).then(|| lent.share(read.chunks));
             let end = read.end.cloned();
             let last = end.is_some() || read.readiness == Readiness::Closed;
             (chunks, end, last)
         }
         // The request is gone: the stream ends.
-        Err(_) => (None, None, true),
+        None => (None, None, true),
     };
     (inbox.deliver(chunks, end, last), last)
 }
@@ -196,6 +207,42 @@ impl Lent {
 
     fn forget(&mut self) {
         self.0 = None;
+    }
+}
+
+impl<P> State<P> {
+    /// An upstream's ready chunks, with the reads of the readers they wake
+    /// done at once ([`Machine::handle_chunks_delivering`](crate::Machine::handle_chunks_delivering)):
+    /// each woken stream gets its chunks in its inbox, its waker is kept for
+    /// after the lock, and no `Wake` goes through the dispatch.
+    pub(super) fn deliver_chunks(
+        &mut self,
+        now: Time,
+        flight: FlightId,
+        chunks: impl IntoIterator<Item = Bytes>,
+    ) -> Result<usize, StaleFlight> {
+        let State {
+            machine,
+            readers,
+            woken,
+            ..
+        } = self;
+        let mut lent = Lent::default();
+        // Readers whose delivery was their last (the batch ended the flight).
+        let mut over = Vec::new();
+        let result = machine.handle_chunks_delivering(now, flight, chunks, |request, read| {
+            if let Some(inbox) = readers.get(&request) {
+                let (waker, last) = deliver(Some(read), inbox, &mut lent);
+                woken.extend(waker);
+                if last {
+                    over.push(request);
+                }
+            }
+        });
+        for request in over {
+            readers.remove(&request);
+        }
+        result
     }
 }
 

@@ -42,13 +42,16 @@
 //!   drains the machine's actions, and releases the lock. Nothing under the
 //!   lock awaits, spawns a task, or runs user code: the lock is held for the
 //!   machine's own O(1)-to-O(log n) work per input, plus the reads below.
-//! - **Who may touch the log.** Only the machine: the upstream task appends
-//!   through `handle_chunks`, and readers read through `read_borrowed`, both
-//!   under the lock. A reader's read is done by the dispatch, where the
-//!   machine's `Wake` for it is carried out (and once at attach, for the
-//!   replay): the chunks the read lends are copied (`Bytes` handles, no data)
-//!   into one `Arc<[Bytes]>`, shared by every reader the same chunks woke,
-//!   and put in each stream's inbox. A result stream never takes the manager's
+//! - **Who may touch the log.** Only the machine, under the lock: the
+//!   upstream task appends a batch of ready chunks and, in the same input,
+//!   the machine reads for every reader those chunks wake
+//!   ([`Machine::handle_chunks_delivering`]: no `Wake` per reader, the reader
+//!   stays parked with its cursor moved); any other `Wake` (an end, a
+//!   follower's chunks, a recorded run) is read for by the dispatch, and a
+//!   new stream once at attach, for its replay. Each read lends the new
+//!   chunks; they are copied (`Bytes` handles, no data) into one
+//!   `Arc<[Bytes]>`, shared by every reader at the same place in the log, and
+//!   put in each stream's inbox. A result stream never takes the manager's
 //!   lock to read; its task takes only its inbox's lock, to swap out what was
 //!   delivered. The driver keeps no copy of the log beyond those deliveries.
 //! - **What happens outside the lock.** Everything that is not the machine's

@@ -8,6 +8,7 @@ use core::future::Future;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::Waker;
 
 use event_listener::Event;
 use futures_lite::future::FutureExt as _;
@@ -69,6 +70,9 @@ pub(crate) struct State<P> {
     /// or until it is dropped.
     pub(super) readers: IdMap<RequestId, Arc<Inbox>>,
     pub(super) timer: TimerState,
+    /// Streams that got a delivery during an input, outside the dispatch
+    /// ([`State::deliver_chunks`]): woken after the lock, with the dispatch's.
+    pub(super) woken: Vec<Waker>,
 }
 
 impl<P> State<P> {
@@ -214,6 +218,7 @@ impl<P: Send + 'static, R: Runtime> Shared<P, R> {
                 flights: BTreeMap::new(),
                 readers: IdMap::default(),
                 timer: TimerState::default(),
+                woken: Vec::new(),
             }),
             timer_changed: Event::new(),
             tasks: Arc::new(Tasks::default()),
@@ -246,6 +251,7 @@ impl<P: Send + 'static, R: Runtime> Shared<P, R> {
             self.remove_finished(&mut g, now);
             let out = f(&mut g, now);
             self.dispatch(&mut g, now, &mut after);
+            after.wake.append(&mut g.woken);
             out
         };
         for stop in after.stop {

@@ -160,6 +160,25 @@ impl TracedMachine {
         self.machine.read_borrowed(request)
     }
 
+    /// [`Machine::handle_chunks_delivering`]. Recorded as what it is
+    /// equivalent to: the chunks (one by one, as [`TracedMachine::handle_chunks`]),
+    /// then a read per woken reader; while recording, the readers are woken
+    /// instead (`deliver` is not called) and the dispatch's reads record
+    /// themselves.
+    pub(crate) fn handle_chunks_delivering(
+        &mut self,
+        now: Time,
+        flight: FlightId,
+        chunks: impl IntoIterator<Item = Bytes>,
+        deliver: impl FnMut(RequestId, Borrowed<'_>),
+    ) -> Result<usize, StaleFlight> {
+        if self.is_recording() {
+            return self.handle_chunks(now, flight, chunks);
+        }
+        self.machine
+            .handle_chunks_delivering(now, flight, chunks, deliver)
+    }
+
     pub(crate) fn handle_prepared(
         &mut self,
         now: Time,

@@ -188,7 +188,7 @@ async fn run_stream<P: Send + 'static, R: Runtime>(
         }
         let over = shared.with(|g, now| {
             let offered = batch.len();
-            match g.machine.handle_chunks(now, flight, batch.drain(..)) {
+            match g.deliver_chunks(now, flight, batch.drain(..)) {
                 Ok(accepted) if accepted == offered => {}
                 // Aborted, ended, or over max_response_bytes.
                 Ok(_) | Err(_) => return true,
