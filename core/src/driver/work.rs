@@ -7,12 +7,12 @@
 //! ([rule 23](crate::contract#rule-23)), so its slot is released.
 
 use core::panic::AssertUnwindSafe;
+use core::task::{Context, Poll};
 use std::any::Any;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_lite::future::{poll_once, FutureExt as _};
-use futures_lite::StreamExt as _;
+use futures_lite::future::{poll_fn, FutureExt as _};
 
 use super::dispatch::After;
 use super::shared::Shared;
@@ -105,16 +105,21 @@ enum Step {
     End(Result<(), Failure>),
 }
 
-async fn next_step(stream: &mut ChunkStream) -> Step {
-    match AssertUnwindSafe(stream.next()).catch_unwind().await {
-        Ok(Some(Ok(data))) => Step::Chunk(data),
-        Ok(Some(Err(message))) => Step::End(Err(Failure::Upstream(message))),
-        Ok(None) => Step::End(Ok(())),
+/// Polls the user's upstream once, catching a panic
+/// ([rule 23](crate::contract#rule-23)). A plain poll, not a future per pull:
+/// the upstream task pulls every chunk through here.
+fn poll_step(stream: &mut ChunkStream, cx: &mut Context<'_>) -> Poll<Step> {
+    let polled = std::panic::catch_unwind(AssertUnwindSafe(|| stream.as_mut().poll_next(cx)));
+    Poll::Ready(match polled {
+        Ok(Poll::Pending) => return Poll::Pending,
+        Ok(Poll::Ready(Some(Ok(data)))) => Step::Chunk(data),
+        Ok(Poll::Ready(Some(Err(message)))) => Step::End(Err(Failure::Upstream(message))),
+        Ok(Poll::Ready(None)) => Step::End(Ok(())),
         Err(panic) => Step::End(Err(Failure::Panicked {
             work: Work::Stream,
             message: panic_message(&*panic),
         })),
-    }
+    })
 }
 
 /// Opens the user's upstream and reports its chunks and its end ([rule 23](crate::contract#rule-23): a
@@ -158,7 +163,7 @@ async fn run_stream<P: Send + 'static, R: Runtime>(
         if stop.is_set() {
             return;
         }
-        let mut end = match next_step(&mut stream).await {
+        let mut end = match poll_fn(|cx| poll_step(&mut stream, cx)).await {
             Step::Chunk(data) => {
                 bytes = bytes.saturating_add(data.len() as u64);
                 batch.push(data);
@@ -167,25 +172,24 @@ async fn run_stream<P: Send + 'static, R: Runtime>(
             Step::End(result) => Some(result),
         };
         // Report every chunk that is ready already under one lock, as long as
-        // the core would accept it.
-        let mut full = true;
-        while end.is_none() && batch.len() < MAX_BATCH {
-            if bytes > limit || stop.is_set() {
-                full = false;
-                break;
-            }
-            match poll_once(next_step(&mut stream)).await {
-                Some(Step::Chunk(data)) => {
-                    bytes = bytes.saturating_add(data.len() as u64);
-                    batch.push(data);
+        // the core would accept it: pulled in one poll of this task.
+        let full = poll_fn(|cx| {
+            while end.is_none() && batch.len() < MAX_BATCH {
+                if bytes > limit || stop.is_set() {
+                    return Poll::Ready(false);
                 }
-                Some(Step::End(result)) => end = Some(result),
-                None => {
-                    full = false;
-                    break;
+                match poll_step(&mut stream, cx) {
+                    Poll::Ready(Step::Chunk(data)) => {
+                        bytes = bytes.saturating_add(data.len() as u64);
+                        batch.push(data);
+                    }
+                    Poll::Ready(Step::End(result)) => end = Some(result),
+                    Poll::Pending => return Poll::Ready(false),
                 }
             }
-        }
+            Poll::Ready(true)
+        })
+        .await;
         let over = shared.with(|g, now| {
             let offered = batch.len();
             match g.deliver_chunks(now, flight, batch.drain(..)) {
