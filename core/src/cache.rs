@@ -9,30 +9,44 @@ use std::sync::Arc;
 
 use crate::deadline::{Deadlines, Timer};
 use crate::ending::Ending;
+use crate::live::KeyIndex;
 use crate::{Key, Time};
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Entry {
+    key: Key,
     /// The completed ending members of a cache hit share.
     ending: Arc<Ending>,
-    seq: u64,
     expires: Option<Time>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub(crate) struct Cache {
-    entries: BTreeMap<Key, Entry>,
-    by_age: BTreeMap<u64, Key>,
+    /// The entries by insertion sequence, oldest first: the eviction order, and
+    /// what equality and hashing see.
+    by_age: BTreeMap<u64, Entry>,
+    /// Each key's entry (its sequence), found by hashing the key: a lookup is one
+    /// hash and two integer-keyed searches, never a walk comparing keys. Derived
+    /// from `by_age`, so equality and hashing skip it (see [`KeyIndex`]).
+    index: KeyIndex<u64>,
     next_seq: u64,
 }
 
 impl Cache {
+    /// The sequence of `key`'s entry, if any.
+    fn seq_of(&self, key: &Key) -> Option<u64> {
+        let by_age = &self.by_age;
+        self.index
+            .get(key, |seq| by_age.get(&seq).is_some_and(|e| e.key == *key))
+    }
+
     pub(crate) fn get(&self, key: &Key) -> Option<&Arc<Ending>> {
-        self.entries.get(key).map(|e| &e.ending)
+        let seq = self.seq_of(key)?;
+        self.by_age.get(&seq).map(|e| &e.ending)
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.entries.len()
+        self.by_age.len()
     }
 
     /// Stores `ending` (a completed one) under `key` until `expires`, evicting the oldest
@@ -48,51 +62,53 @@ impl Cache {
         if capacity == 0 {
             return;
         }
-        self.remove(deadlines, &key);
-        while self.entries.len() >= capacity {
-            let Some((_, oldest)) = self.by_age.first_key_value() else {
+        if let Some(seq) = self.seq_of(&key) {
+            self.remove(deadlines, seq);
+        }
+        while self.by_age.len() >= capacity {
+            let Some((&oldest, _)) = self.by_age.first_key_value() else {
                 break;
             };
-            let oldest = oldest.clone();
-            self.remove(deadlines, &oldest);
+            self.remove(deadlines, oldest);
         }
         let seq = self.next_seq;
         self.next_seq += 1;
         let mut entry = Entry {
+            key,
             ending,
-            seq,
             expires: None,
         };
         deadlines.arm(&mut entry.expires, expires, Timer::Cache(seq));
-        self.by_age.insert(seq, key.clone());
-        self.entries.insert(key, entry);
+        self.index.insert(&entry.key, seq);
+        self.by_age.insert(seq, entry);
     }
 
-    fn remove(&mut self, deadlines: &mut Deadlines, key: &Key) {
-        if let Some(mut entry) = self.entries.remove(key) {
-            deadlines.disarm(&mut entry.expires, Timer::Cache(entry.seq));
-            self.by_age.remove(&entry.seq);
+    fn remove(&mut self, deadlines: &mut Deadlines, seq: u64) {
+        if let Some(mut entry) = self.by_age.remove(&seq) {
+            deadlines.disarm(&mut entry.expires, Timer::Cache(seq));
+            self.index.remove(&entry.key, seq);
         }
     }
 
     /// The deadline of the entry inserted as `seq` fired (its slot is already popped).
     pub(crate) fn expire(&mut self, seq: u64) {
-        if let Some(key) = self.by_age.remove(&seq) {
-            self.entries.remove(&key);
+        if let Some(entry) = self.by_age.remove(&seq) {
+            self.index.remove(&entry.key, seq);
         }
     }
 
     /// Checks that every entry is indexed once and has its deadline armed.
     pub(crate) fn check(&self, deadlines: &Deadlines) -> Result<(), String> {
-        if self.entries.len() != self.by_age.len() {
+        if self.index.len() != self.by_age.len() {
             return Err("cache index out of step with entries".into());
         }
-        for (key, entry) in &self.entries {
-            if self.by_age.get(&entry.seq) != Some(key) {
+        for (&seq, entry) in &self.by_age {
+            let key = &entry.key;
+            if self.seq_of(key) != Some(seq) {
                 return Err(format!("cache entry {key} not indexed"));
             }
             match entry.expires {
-                Some(at) if deadlines.contains(at, Timer::Cache(entry.seq)) => {}
+                Some(at) if deadlines.contains(at, Timer::Cache(seq)) => {}
                 _ => return Err(format!("cache entry {key} has no expiry deadline")),
             }
         }
@@ -172,14 +188,14 @@ mod tests {
         c.by_age.remove(&0);
         assert!(c.check(&deadlines).unwrap_err().contains("out of step"));
         let mut c = cache.clone();
-        let key = c.by_age.remove(&0).unwrap();
-        c.by_age.insert(7, key);
+        let entry = c.by_age.remove(&0).unwrap();
+        c.by_age.insert(7, entry);
         assert!(c.check(&deadlines).unwrap_err().contains("not indexed"));
         let mut d = deadlines.clone();
         d.remove(Time::from_millis(2), Timer::Cache(1));
         assert!(cache.check(&d).unwrap_err().contains("no expiry deadline"));
         let mut c = cache.clone();
-        c.entries.get_mut(&Key::from("a")).unwrap().expires = None;
+        c.by_age.get_mut(&0).unwrap().expires = None;
         assert!(c
             .check(&deadlines)
             .unwrap_err()
@@ -191,22 +207,23 @@ mod tests {
         use crate::testing::assert_differs;
         let (base, _) = filled();
         let variants: Vec<crate::testing::Change<Cache>> = vec![
-            ("entries", |c| {
-                c.entries.remove(&Key::from("a"));
-            }),
             ("by_age", |c| {
                 c.by_age.remove(&0);
             }),
             ("next_seq", |c| c.next_seq += 1),
+            ("entry key", |c| {
+                c.by_age.get_mut(&0).unwrap().key = Key::from("z");
+            }),
             ("entry ending", |c| {
-                let e = c.entries.get_mut(&Key::from("a")).unwrap();
+                let e = c.by_age.get_mut(&0).unwrap();
                 Arc::make_mut(&mut e.ending).outcome = Outcome::Cancelled;
             }),
             ("entry seq", |c| {
-                c.entries.get_mut(&Key::from("a")).unwrap().seq = 9;
+                let e = c.by_age.remove(&0).unwrap();
+                c.by_age.insert(9, e);
             }),
             ("entry expires", |c| {
-                c.entries.get_mut(&Key::from("a")).unwrap().expires = None;
+                c.by_age.get_mut(&0).unwrap().expires = None;
             }),
         ];
         for (field, change) in variants {

@@ -29,7 +29,9 @@ pub(crate) struct Flights {
 impl Flights {
     /// The live flight of `key`, if any.
     pub(crate) fn live_flight(&self, key: &Key) -> Option<FlightId> {
-        self.live.get(key, &self.table)
+        let table = &self.table;
+        self.live
+            .get(key, |id| table.get(&id).is_some_and(|f| f.key == *key))
     }
 
     /// Creates a queued flight for `key`, which has no live flight, with its queue

@@ -85,9 +85,12 @@
 //! ([`Action::Claim`]) and takes the answer as an input. See [`cluster`].
 //!
 //! ## Determinism
-//! Ids are sequential, all maps are ordered, nothing is random. [`Input`] and
-//! [`Action`] are serde types: a run recorded as `(Time, Input)` pairs replays
-//! exactly through [`Machine::handle`].
+//! Ids are sequential and every map the machine iterates is ordered. The one hash
+//! map, the index that finds a key's flight or cache entry, is only ever looked
+//! up; its seed is random (so that no key can be chosen to crowd it), and nothing
+//! the machine outputs depends on it. [`Input`] and [`Action`] are serde types: a
+//! run recorded as `(Time, Input)` pairs replays exactly through
+//! [`Machine::handle`].
 
 #![forbid(unsafe_code)]
 

@@ -61,8 +61,9 @@ use crate::{
 
 /// The flightdeck state machine. See the [crate docs](crate) for the driving loop.
 ///
-/// It is `Clone`, `Eq` and `Hash` over its whole state (ordered maps only), so a
-/// model checker can fork it and recognise states it has seen.
+/// It is `Clone`, `Eq` and `Hash` over its whole state (ordered maps only; the
+/// key index, a hash map, is derived from the flights and the cache and not
+/// compared), so a model checker can fork it and recognise states it has seen.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Machine {
     config: Config,

@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use super::Machine;
 use crate::deadline::Timer;
-use crate::ending::{Ending, Log};
+use crate::ending::Ending;
 use crate::flight::FlightPhase;
 use crate::request::Life;
 use crate::{Action, Failure, FlightId, Outcome, Prepared, RequestId, StaleFlight, Time, Work};
@@ -166,7 +166,7 @@ impl Machine {
             return;
         };
         let attached = req.reader.is_some();
-        self.finish(now, request, Arc::new(Ending { outcome, log: None }));
+        self.finish(now, request, Ending::without_log(outcome));
         let Some(f) = self.flights.get_mut(fid) else {
             return;
         };
@@ -220,11 +220,7 @@ impl Machine {
         if let Some(work) = work.filter(|_| abort) {
             self.actions.push_back(Action::Abort { flight, work });
         }
-        let log: Log = Arc::new(f.take_log());
-        let ending = Arc::new(Ending {
-            outcome: outcome.clone(),
-            log: Some(log),
-        });
+        let ending = Ending::after(outcome, f.take_log());
         if *outcome == Outcome::Completed && cacheable {
             let until = now + self.config.cache_ttl;
             let capacity = self.config.cache_capacity;
