@@ -689,6 +689,31 @@ async fn chunk_to_reader<R: Runtime>(runtime: R, spawn: impl Fn(BoxFut)) -> Vec<
     samples
 }
 
+/// The same hop without flightdeck, for the floor the runtime itself sets: a
+/// task forwards each fed chunk into a tokio broadcast channel (the baselines'
+/// primitive), a spawned reader receives it; from the forward to the reader.
+async fn chunk_to_reader_baseline(spawn: impl Fn(BoxFut)) -> Vec<Duration> {
+    let (feed_tx, feed_rx) = smol::channel::unbounded::<Bytes>();
+    let (tx, mut rx) = broadcast::channel::<(Bytes, Instant)>(LOSSLESS_CAPACITY);
+    spawn(Box::pin(async move {
+        while let Ok(chunk) = feed_rx.recv().await {
+            let _ = tx.send((chunk, Instant::now()));
+        }
+    }));
+    let (seen_tx, seen_rx) = smol::channel::unbounded::<Duration>();
+    spawn(Box::pin(async move {
+        while let Ok((_, sent)) = rx.recv().await {
+            let _ = seen_tx.try_send(sent.elapsed());
+        }
+    }));
+    let mut samples = Vec::with_capacity(LATENCY_SAMPLES);
+    for _ in 0..LATENCY_SAMPLES {
+        feed_tx.send(Bytes::from_static(CHUNK)).await.expect("feed");
+        samples.push(seen_rx.recv().await.expect("seen"));
+    }
+    samples
+}
+
 fn bench_latency(_c: &mut Criterion) {
     let rt = tokio_runtime();
     let handle = rt.handle().clone();
@@ -713,6 +738,14 @@ fn bench_latency(_c: &mut Criterion) {
         })))
         .expect("task"),
     );
+    let h = handle.clone();
+    percentiles(
+        "latency/tokio chunk-to-reader, baseline (broadcast, no flightdeck)",
+        rt.block_on(rt.spawn(chunk_to_reader_baseline(move |f| {
+            drop(h.spawn(f));
+        })))
+        .expect("task"),
+    );
     let pool = SmolPool::new();
     let ex = pool.ex.clone();
     percentiles(
@@ -722,8 +755,17 @@ fn bench_latency(_c: &mut Criterion) {
     let spawner = ex.clone();
     percentiles(
         "latency/smol chunk-to-reader",
-        pool.block_on(chunk_to_reader(SmolRuntime::with_executor(ex), move |f| {
-            spawner.spawn(f).detach();
+        pool.block_on(chunk_to_reader(
+            SmolRuntime::with_executor(ex.clone()),
+            move |f| {
+                spawner.spawn(f).detach();
+            },
+        )),
+    );
+    percentiles(
+        "latency/smol chunk-to-reader, baseline (broadcast, no flightdeck)",
+        pool.block_on(chunk_to_reader_baseline(move |f| {
+            ex.spawn(f).detach();
         })),
     );
 }
