@@ -861,7 +861,9 @@ criterion_group!(
 /// A profiling mode, for `perf` and `valgrind`: `E2E_PROFILE=<workload>:<runs>`
 /// runs one workload of the main comparison `runs` times and nothing else
 /// (`flightdeck_tokio`, `lossy_tokio`, `lossless_tokio`, and the same with
-/// `_smol`), so a profiler's counts belong to that workload alone.
+/// `_smol`), or one chunk-to-reader latency measurement on smol
+/// (`chunk_to_reader_smol`, `chunk_to_reader_baseline_smol`), so a
+/// profiler's counts belong to that workload alone.
 fn profile(spec: &str) {
     let (name, runs) = spec.split_once(':').unwrap_or((spec, "20"));
     let runs: usize = runs.parse().expect("E2E_PROFILE=<workload>:<runs>");
@@ -888,6 +890,21 @@ fn profile(spec: &str) {
         "lossless_smol" => {
             Box::new(|| pool.block_on(baseline_run(srt.clone(), MAIN, LOSSLESS_CAPACITY)))
         }
+        // One latency measurement (10,000 chunks through one hop), smol.
+        "chunk_to_reader_smol" => Box::new(|| {
+            let ex = pool.ex.clone();
+            let spawner = ex.clone();
+            let runtime = SmolRuntime::with_executor(ex);
+            let v = pool.block_on(chunk_to_reader(runtime, move |f| spawner.spawn(f).detach()));
+            std::hint::black_box(v);
+            Tally::default()
+        }),
+        "chunk_to_reader_baseline_smol" => Box::new(|| {
+            let ex = pool.ex.clone();
+            let v = pool.block_on(chunk_to_reader_baseline(move |f| ex.spawn(f).detach()));
+            std::hint::black_box(v);
+            Tally::default()
+        }),
         other => panic!("E2E_PROFILE: unknown workload {other:?}"),
     };
     let start = Instant::now();
@@ -896,7 +913,7 @@ fn profile(spec: &str) {
         let s = Instant::now();
         let t = one();
         times.push(s.elapsed());
-        if name.starts_with("flightdeck") {
+        if name.starts_with("flightdeck_") {
             check_flightdeck(t);
         }
     }
