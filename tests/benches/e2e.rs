@@ -31,6 +31,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -597,6 +598,30 @@ fn percentiles(label: &str, mut v: Vec<Duration>) {
     );
 }
 
+/// One chunk's hop from the upstream to its reader: how long, and whether the
+/// reader ran on the thread that produced the chunk.
+#[derive(Clone, Copy)]
+struct Hop {
+    time: Duration,
+    same_thread: bool,
+}
+
+/// The hops' percentiles, then the same split by where the reader ran: a
+/// reader woken onto the other worker pays that thread's wake-up.
+fn hop_percentiles(label: &str, hops: &[Hop]) {
+    percentiles(label, hops.iter().map(|h| h.time).collect());
+    for (place, same) in [("same thread", true), ("other thread", false)] {
+        let v: Vec<Duration> = hops
+            .iter()
+            .filter(|h| h.same_thread == same)
+            .map(|h| h.time)
+            .collect();
+        if !v.is_empty() {
+            percentiles(&format!("{label}, reader on the {place}"), v);
+        }
+    }
+}
+
 async fn prepare_u64(
     k: u64,
 ) -> Result<flightdeck_tokio::Preparation<u64>, std::convert::Infallible> {
@@ -651,9 +676,9 @@ async fn cancel_to_reuse<R: Runtime>(runtime: R) -> Vec<Duration> {
 
 /// From the upstream yielding a chunk to the attached reader (a spawned task
 /// reading `next_item`) seeing it.
-async fn chunk_to_reader<R: Runtime>(runtime: R, spawn: impl Fn(BoxFut)) -> Vec<Duration> {
+async fn chunk_to_reader<R: Runtime>(runtime: R, spawn: impl Fn(BoxFut)) -> Vec<Hop> {
     let (feed_tx, feed_rx) = smol::channel::unbounded::<Bytes>();
-    let yielded = Arc::new(Mutex::new(None::<Instant>));
+    let yielded = Arc::new(Mutex::new(None::<(Instant, ThreadId)>));
     let y = yielded.clone();
     let feed = Arc::new(Mutex::new(Some(feed_rx)));
     let upstream = move |_: u64| {
@@ -661,7 +686,7 @@ async fn chunk_to_reader<R: Runtime>(runtime: R, spawn: impl Fn(BoxFut)) -> Vec<
         let rx = feed.lock().expect("lock").take().expect("one flight");
         async move {
             Ok::<_, std::convert::Infallible>(rx.map(move |c| {
-                *y.lock().expect("lock") = Some(Instant::now());
+                *y.lock().expect("lock") = Some((Instant::now(), std::thread::current().id()));
                 Ok::<_, std::convert::Infallible>(c)
             }))
         }
@@ -669,20 +694,23 @@ async fn chunk_to_reader<R: Runtime>(runtime: R, spawn: impl Fn(BoxFut)) -> Vec<
     let m: Manager<u64, R> =
         Manager::with_runtime(runtime, e2e_config(), prepare_u64, upstream).expect("valid config");
     let mut s = m.submit_and_stream(1u64, 1).expect("submit");
-    let (seen_tx, seen_rx) = smol::channel::unbounded::<Instant>();
+    let (seen_tx, seen_rx) = smol::channel::unbounded::<(Instant, ThreadId)>();
     spawn(Box::pin(async move {
         while let Some(item) = s.next_item().await {
             if matches!(item, Item::Chunk(_)) {
-                let _ = seen_tx.try_send(Instant::now());
+                let _ = seen_tx.try_send((Instant::now(), std::thread::current().id()));
             }
         }
     }));
     let mut samples = Vec::with_capacity(LATENCY_SAMPLES);
     for _ in 0..LATENCY_SAMPLES {
         feed_tx.send(Bytes::from_static(CHUNK)).await.expect("feed");
-        let t1 = seen_rx.recv().await.expect("seen");
-        let t0 = yielded.lock().expect("lock").take().expect("yielded");
-        samples.push(t1 - t0);
+        let (t1, reader) = seen_rx.recv().await.expect("seen");
+        let (t0, upstream) = yielded.lock().expect("lock").take().expect("yielded");
+        samples.push(Hop {
+            time: t1 - t0,
+            same_thread: reader == upstream,
+        });
     }
     drop(feed_tx); // the upstream ends, the reader reads `Completed`
     m.shutdown().await;
@@ -692,18 +720,21 @@ async fn chunk_to_reader<R: Runtime>(runtime: R, spawn: impl Fn(BoxFut)) -> Vec<
 /// The same hop without flightdeck, for the floor the runtime itself sets: a
 /// task forwards each fed chunk into a tokio broadcast channel (the baselines'
 /// primitive), a spawned reader receives it; from the forward to the reader.
-async fn chunk_to_reader_baseline(spawn: impl Fn(BoxFut)) -> Vec<Duration> {
+async fn chunk_to_reader_baseline(spawn: impl Fn(BoxFut)) -> Vec<Hop> {
     let (feed_tx, feed_rx) = smol::channel::unbounded::<Bytes>();
-    let (tx, mut rx) = broadcast::channel::<(Bytes, Instant)>(LOSSLESS_CAPACITY);
+    let (tx, mut rx) = broadcast::channel::<(Bytes, Instant, ThreadId)>(LOSSLESS_CAPACITY);
     spawn(Box::pin(async move {
         while let Ok(chunk) = feed_rx.recv().await {
-            let _ = tx.send((chunk, Instant::now()));
+            let _ = tx.send((chunk, Instant::now(), std::thread::current().id()));
         }
     }));
-    let (seen_tx, seen_rx) = smol::channel::unbounded::<Duration>();
+    let (seen_tx, seen_rx) = smol::channel::unbounded::<Hop>();
     spawn(Box::pin(async move {
-        while let Ok((_, sent)) = rx.recv().await {
-            let _ = seen_tx.try_send(sent.elapsed());
+        while let Ok((_, sent, sender)) = rx.recv().await {
+            let _ = seen_tx.try_send(Hop {
+                time: sent.elapsed(),
+                same_thread: sender == std::thread::current().id(),
+            });
         }
     }));
     let mut samples = Vec::with_capacity(LATENCY_SAMPLES);
@@ -731,17 +762,17 @@ fn bench_latency(_c: &mut Criterion) {
         rt.block_on(cancel_to_reuse(tokio_rt())),
     );
     let h = handle.clone();
-    percentiles(
+    hop_percentiles(
         "latency/tokio chunk-to-reader",
-        rt.block_on(rt.spawn(chunk_to_reader(tokio_rt(), move |f| {
+        &rt.block_on(rt.spawn(chunk_to_reader(tokio_rt(), move |f| {
             drop(h.spawn(f));
         })))
         .expect("task"),
     );
     let h = handle.clone();
-    percentiles(
+    hop_percentiles(
         "latency/tokio chunk-to-reader, baseline (broadcast, no flightdeck)",
-        rt.block_on(rt.spawn(chunk_to_reader_baseline(move |f| {
+        &rt.block_on(rt.spawn(chunk_to_reader_baseline(move |f| {
             drop(h.spawn(f));
         })))
         .expect("task"),
@@ -753,18 +784,18 @@ fn bench_latency(_c: &mut Criterion) {
         pool.block_on(cancel_to_reuse(SmolRuntime::with_executor(ex.clone()))),
     );
     let spawner = ex.clone();
-    percentiles(
+    hop_percentiles(
         "latency/smol chunk-to-reader",
-        pool.block_on(chunk_to_reader(
+        &pool.block_on(chunk_to_reader(
             SmolRuntime::with_executor(ex.clone()),
             move |f| {
                 spawner.spawn(f).detach();
             },
         )),
     );
-    percentiles(
+    hop_percentiles(
         "latency/smol chunk-to-reader, baseline (broadcast, no flightdeck)",
-        pool.block_on(chunk_to_reader_baseline(move |f| {
+        &pool.block_on(chunk_to_reader_baseline(move |f| {
             ex.spawn(f).detach();
         })),
     );
