@@ -11,11 +11,19 @@
 //! lock to read; it takes only this inbox's small lock, which the dispatch
 //! holds for a push.
 //!
-//! The chunks of one read are one [`Delivery::Chunks`]: an `Arc<[Bytes]>`
-//! that several readers woken by the same chunks share (the dispatch copies
-//! the `Bytes` handles out of the log once per run of such readers, not once
-//! per reader). The stream's waker is kept here too, so a delivery wakes the
-//! task directly: no listener to allocate or register per wait.
+//! The chunks of one read are one `Arc<[Bytes]>` that several readers woken
+//! by the same chunks share (the dispatch copies the `Bytes` handles out of
+//! the log once per run of such readers, not once per reader). The stream's
+//! waker is kept here too, so a delivery wakes the task directly: no listener
+//! to allocate or register per wait.
+//!
+//! Allocation: a stream usually takes each delivery before the next one
+//! comes, so the inbox keeps the oldest delivery in a slot of its own and
+//! queues later ones only while the stream lags (a queue that allocates
+//! only then). An inbox is one allocation, its `Arc`; a stream's deliveries
+//! are shared copies. Blocks freed on another thread than their own are
+//! what the allocator's locks cost most in the end-to-end profile
+//! (BENCHMARKS.md), so a stream's own buffers are kept out of the common path.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -25,20 +33,20 @@ use bytes::Bytes;
 
 use crate::Outcome;
 
-/// How many deliveries an inbox and its stream have room for before they grow.
-pub(super) const ROOM: usize = 4;
+/// Chunks delivered after the first, while the stream had not taken it.
+pub(crate) type Queued = VecDeque<Arc<[Bytes]>>;
 
-/// What one read gave a stream.
+/// What a stream took from its inbox, in order: `chunks`, then the chunks it
+/// was handed in its queue, then `end`.
 #[derive(Debug)]
-pub(crate) enum Delivery {
-    /// New chunks, in log order (shared with other readers that read the same).
-    Chunks(Arc<[Bytes]>),
-    /// The terminal item: nothing follows it.
-    End(Outcome),
+pub(crate) struct Taken {
+    /// The oldest chunks delivered.
+    pub(crate) chunks: Option<Arc<[Bytes]>>,
+    /// The terminal item, after every chunk.
+    pub(crate) end: Option<Outcome>,
+    /// No delivery will follow these.
+    pub(crate) over: bool,
 }
-
-/// Deliveries in the order they were made.
-pub(crate) type Deliveries = VecDeque<Delivery>;
 
 /// A result stream's inbox (see the module docs).
 #[derive(Debug)]
@@ -46,9 +54,14 @@ pub(crate) struct Inbox {
     state: Mutex<State>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct State {
-    ready: Deliveries,
+    /// The oldest chunks not taken yet. `None` means `more` is empty too.
+    first: Option<Arc<[Bytes]>>,
+    /// Chunks delivered after `first` (a stream that lags): allocated only then.
+    more: Queued,
+    /// The terminal item, once the read that found it was done.
+    end: Option<Outcome>,
     /// No delivery will follow: the terminal one was made, or the request is
     /// gone (the stream ends without an item then, as before).
     over: bool,
@@ -57,14 +70,10 @@ struct State {
 }
 
 impl Inbox {
-    /// An empty inbox, with room for a few deliveries.
+    /// An empty inbox; it allocates nothing until a stream lags.
     pub(crate) fn new() -> Self {
         Inbox {
-            state: Mutex::new(State {
-                ready: VecDeque::with_capacity(ROOM),
-                over: false,
-                waker: None,
-            }),
+            state: Mutex::new(State::default()),
         }
     }
 
@@ -88,29 +97,38 @@ impl Inbox {
         }
         let mut s = self.lock();
         if let Some(c) = chunks {
-            s.ready.push_back(Delivery::Chunks(c));
+            if s.first.is_none() {
+                s.first = Some(c);
+            } else {
+                s.more.push_back(c);
+            }
         }
-        if let Some(o) = end {
-            s.ready.push_back(Delivery::End(o));
+        if end.is_some() {
+            s.end = end;
         }
         s.over |= last;
         s.waker.take()
     }
 
-    /// Moves every delivery into `into` (empty, and handed back and forth so
-    /// neither side allocates), or registers the task to be woken by the next
-    /// one. Ready with `true` when no delivery will follow those moved.
-    pub(crate) fn poll_take(&self, into: &mut Deliveries, cx: &mut Context<'_>) -> Poll<bool> {
+    /// Takes every delivery: the oldest chunks and the end in the answer, the
+    /// later chunks swapped into `queued` (empty; handed back and forth, so a
+    /// lagging stream's queue is reused). Or registers the task to be woken by
+    /// the next delivery.
+    pub(crate) fn poll_take(&self, queued: &mut Queued, cx: &mut Context<'_>) -> Poll<Taken> {
         let mut s = self.lock();
-        if s.ready.is_empty() && !s.over {
+        if s.first.is_none() && s.end.is_none() && !s.over {
             match &mut s.waker {
                 Some(w) if w.will_wake(cx.waker()) => {}
                 slot => *slot = Some(cx.waker().clone()),
             }
             return Poll::Pending;
         }
-        core::mem::swap(&mut s.ready, into);
-        Poll::Ready(s.over)
+        core::mem::swap(&mut s.more, queued);
+        Poll::Ready(Taken {
+            chunks: s.first.take(),
+            end: s.end.take(),
+            over: s.over,
+        })
     }
 }
 
@@ -137,8 +155,8 @@ mod tests {
         let count = Arc::new(Count(AtomicUsize::new(0)));
         let waker = Waker::from(Arc::clone(&count));
         let mut cx = Context::from_waker(&waker);
-        let mut got = Deliveries::new();
-        assert!(inbox.poll_take(&mut got, &mut cx).is_pending());
+        let mut queued = Queued::new();
+        assert!(inbox.poll_take(&mut queued, &mut cx).is_pending());
         let w = inbox
             .deliver(chunks(2), None, false)
             .expect("the waiting task's waker");
@@ -146,19 +164,22 @@ mod tests {
             inbox.deliver(chunks(1), None, false).is_none(),
             "woken once"
         );
+        assert!(
+            inbox.deliver(chunks(3), None, false).is_none(),
+            "woken once"
+        );
         w.wake();
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
-        assert_eq!(inbox.poll_take(&mut got, &mut cx), Poll::Ready(false));
-        let lens: Vec<usize> = got
-            .iter()
-            .map(|d| match d {
-                Delivery::Chunks(c) => c.len(),
-                Delivery::End(_) => 0,
-            })
-            .collect();
-        assert_eq!(lens, [2, 1]);
-        got.clear();
-        assert!(inbox.poll_take(&mut got, &mut cx).is_pending());
+        let Poll::Ready(taken) = inbox.poll_take(&mut queued, &mut cx) else {
+            panic!("deliveries were made");
+        };
+        assert_eq!(taken.chunks.map(|c| c.len()), Some(2), "the oldest first");
+        let later: Vec<usize> = queued.iter().map(|c| c.len()).collect();
+        assert_eq!(later, [1, 3], "then the later ones, in order");
+        assert!(taken.end.is_none() && !taken.over);
+        queued.clear();
+        assert!(inbox.poll_take(&mut queued, &mut cx).is_pending());
+        assert!(queued.is_empty());
     }
 
     #[test]
@@ -166,16 +187,19 @@ mod tests {
         let inbox = Inbox::new();
         let waker = Waker::from(Arc::new(Count(AtomicUsize::new(0))));
         let mut cx = Context::from_waker(&waker);
-        let mut got = Deliveries::new();
-        let _ = inbox.deliver(None, Some(Outcome::Completed), true);
-        assert_eq!(inbox.poll_take(&mut got, &mut cx), Poll::Ready(true));
-        assert!(matches!(
-            got.pop_front(),
-            Some(Delivery::End(Outcome::Completed))
-        ));
+        let mut queued = Queued::new();
+        let _ = inbox.deliver(chunks(1), Some(Outcome::Completed), true);
+        let Poll::Ready(taken) = inbox.poll_take(&mut queued, &mut cx) else {
+            panic!("the end was delivered");
+        };
+        assert_eq!(taken.chunks.map(|c| c.len()), Some(1));
+        assert_eq!(taken.end, Some(Outcome::Completed));
+        assert!(taken.over);
         let gone = Inbox::new();
         let _ = gone.deliver(None, None, true);
-        assert_eq!(gone.poll_take(&mut got, &mut cx), Poll::Ready(true));
-        assert!(got.is_empty());
+        let Poll::Ready(taken) = gone.poll_take(&mut queued, &mut cx) else {
+            panic!("the request is gone");
+        };
+        assert!(taken.chunks.is_none() && taken.end.is_none() && taken.over);
     }
 }

@@ -2,14 +2,13 @@
 
 use core::pin::Pin;
 use core::task::{Context, Poll};
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
 
 use futures_core::Stream;
 
-use super::inbox::{Deliveries, Delivery, Inbox, ROOM};
+use super::inbox::{Inbox, Queued};
 use super::shared::Shared;
 use super::Runtime;
 use crate::{Item, RequestId};
@@ -43,10 +42,12 @@ pub struct ResultStream {
     source: Arc<dyn Source>,
     /// Where the manager's reads for this stream land.
     inbox: Arc<Inbox>,
-    /// Deliveries taken from the inbox and not handed out yet.
-    ready: Deliveries,
     /// The chunks being handed out, and how many of them were.
     current: Option<(Arc<[Bytes]>, usize)>,
+    /// Chunks taken from the inbox after `current` (a stream that lagged).
+    queued: Queued,
+    /// The terminal item, taken from the inbox, handed out after every chunk.
+    end: Option<crate::Outcome>,
     /// The inbox said no delivery follows those in `ready`.
     over: bool,
     /// The terminal item was handed out (or the request is gone).
@@ -60,8 +61,9 @@ impl ResultStream {
             request,
             source,
             inbox,
-            ready: VecDeque::with_capacity(ROOM),
             current: None,
+            queued: Queued::new(),
+            end: None,
             over: false,
             done: false,
         }
@@ -88,21 +90,25 @@ impl ResultStream {
                 }
                 self.current = None;
             }
-            match self.ready.pop_front() {
-                Some(Delivery::Chunks(chunks)) => self.current = Some((chunks, 0)),
-                Some(Delivery::End(outcome)) => {
-                    self.done = true;
-                    self.ready.clear();
-                    return Poll::Ready(Some(Item::End(outcome)));
+            if let Some(chunks) = self.queued.pop_front() {
+                self.current = Some((chunks, 0));
+                continue;
+            }
+            if let Some(outcome) = self.end.take() {
+                self.done = true;
+                return Poll::Ready(Some(Item::End(outcome)));
+            }
+            if self.done || self.over {
+                self.done = true;
+                return Poll::Ready(None);
+            }
+            match self.inbox.poll_take(&mut self.queued, cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(taken) => {
+                    self.current = taken.chunks.map(|chunks| (chunks, 0));
+                    self.end = taken.end;
+                    self.over = taken.over;
                 }
-                None if self.done || self.over => {
-                    self.done = true;
-                    return Poll::Ready(None);
-                }
-                None => match self.inbox.poll_take(&mut self.ready, cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(over) => self.over = over,
-                },
             }
         }
     }
@@ -126,7 +132,7 @@ impl core::fmt::Debug for ResultStream {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("ResultStream")
             .field("request", &self.request)
-            .field("deliveries", &self.ready.len())
+            .field("queued", &self.queued.len())
             .field("done", &self.done)
             .finish_non_exhaustive()
     }

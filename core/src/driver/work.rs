@@ -158,7 +158,7 @@ async fn run_stream<P: Send + 'static, R: Runtime>(
     let limit = shared.max_response_bytes;
     // Bytes the core accepted so far, plus those in the batch.
     let mut bytes: u64 = 0;
-    let mut batch = Vec::new();
+    let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
         if stop.is_set() {
             return;
